@@ -1,0 +1,200 @@
+"""The `trustnlp` command line (typer).
+
+One vocabulary of options for every command: ``--data``, ``--task``, ``--model``, ``--out``,
+``--seed`` (and, as privacy lands, ``--epsilon`` / ``--epsilons``). Errors trustnlp raises on
+purpose are printed as one clear message (exit code 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from trustnlp.errors import TrustNLPError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="trustnlp",
+    help="Trustworthy NLP: private training, privacy audits, federated learning and fairness for text models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+# -- the shared option vocabulary ------------------------------------------------------------------
+DataOpt = Annotated[str, typer.Option("--data", help="assistant (built-in), clinc150, snips, snips-original, "
+                                      "tinyshakespeare, a CSV/JSONL file or folder, or hf:NAME.")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where named data sets are looked up first "
+                                                  "(then $TRUSTNLP_DATA_DIR, then ../shared/data).")]
+TaskOpt = Annotated[str, typer.Option("--task", help="classify | tag (intent + slots) | lm")]
+ModelOpt = Annotated[str, typer.Option("--model", help="bag | cnn | lstm | transformer | minilm | joint | lm, "
+                                       "or a saved model directory.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (results.json, model/, figures).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; recorded in the results.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON config file; CLI options override it.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _summary(title: str, metrics: dict[str, Any], keys: list[str]) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in keys:
+        if k in metrics:
+            v = metrics[k]
+            table.add_row(k, "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+    console.print(table)
+
+
+@app.command()
+def train(
+    data: DataOpt = "assistant",
+    task: TaskOpt = "classify",
+    model: ModelOpt = "bag",
+    out: OutOpt = Path("runs/train"),
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Logical batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: by architecture).")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="wordpiece (MiniLM, public) | word")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per input (default: longest, <= 128).")] = None,
+    include_oos: Annotated[bool, typer.Option("--include-oos", help="CLINC150: add the out-of-scope class.")] = False,
+    trainable: Annotated[Optional[str], typer.Option(help="MiniLM: full | frozen | last-k")] = None,
+    k: Annotated[Optional[int], typer.Option(help="MiniLM with --trainable last-k: how many layers.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model; write OUT/results.json and OUT/model/ (safetensors + JSON)."""
+    from trustnlp.config import TrainConfig, load_config
+    from trustnlp.pipeline import run_train
+
+    given = {"data": data, "task": task, "model": model, "seed": seed, "data_dir": data_dir, "epochs": epochs,
+             "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "tokenizer": tokenizer,
+             "max_length": max_length, "include_oos": include_oos or None}
+    ctx = click_context()
+    explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
+    options = {}
+    if trainable is not None:
+        options["trainable"] = trainable
+    if k is not None:
+        options["k"] = k
+    if config is not None:
+        cfg = load_config(config, TrainConfig, **explicit)
+        if options:
+            cfg = cfg.model_copy(update={"model_options": {**cfg.model_options, **options}})
+    else:
+        cfg = TrainConfig(**explicit, model_options=options)
+    result = run_train(cfg, out, progress=not quiet)
+    m = result.metrics
+    _summary(f"{cfg.model} on {cfg.data} ({cfg.task})", dict(m),
+             ["test_accuracy", "test_macro_f1", "test_slot_f1", "test_perplexity", "test_loss", "epochs",
+              "seconds_per_epoch", "train_seconds", "num_parameters", "truncated_test"])
+    console.print(f"Results: {out / 'results.json'}   model: {out / 'model'}")
+
+
+def click_context() -> Any:
+    import click
+
+    return click.get_current_context()
+
+
+def _is_explicit(ctx: Any, name: str) -> bool:
+    import click
+
+    src = ctx.get_parameter_source(name)
+    return src is not None and src != click.core.ParameterSource.DEFAULT
+
+
+@app.command()
+def evaluate(
+    model: ModelOpt,
+    data: DataOpt = "assistant",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write OUT/results.json too.")] = None,
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
+    include_oos: Annotated[bool, typer.Option("--include-oos")] = False,
+) -> None:
+    """Evaluate a saved model (offline) on a data set's split."""
+    from trustnlp.config import DataConfig
+    from trustnlp.pipeline import run_evaluate
+
+    result = run_evaluate(model, DataConfig(data=data, data_dir=data_dir, include_oos=include_oos), out,
+                          seed=seed, split=split)
+    _summary(f"{model} on {data} ({split})", dict(result.metrics), list(result.metrics))
+
+
+@app.command()
+def predict(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
+    model: ModelOpt = "runs/train/model",
+    top_k: Annotated[int, typer.Option(help="How many labels to show.")] = 3,
+) -> None:
+    """Predict labels for texts with a saved model (offline)."""
+    from trustnlp.pipeline import predict as _predict
+
+    for p in _predict(model, texts, top_k=top_k):
+        tops = ", ".join(f"{lab} {prob:.3f}" for lab, prob in p.top)
+        console.print(f"{p.label}\t{p.probability:.3f}\t{p.text}\t[{tops}]", highlight=False)
+
+
+@app.command()
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
+    out: OutOpt = Path("runs/report"),
+    title: Annotated[str, typer.Option(help="Report title.")] = "trustnlp report",
+    show_secrets: Annotated[bool, typer.Option("--show-secrets", help="Do not redact secrets.")] = False,
+) -> None:
+    """Render every result found into OUT/report.html (figures embedded and saved as files)."""
+    from trustnlp.report import render_report
+
+    rep = render_report(paths, out, title=title, show_secrets=show_secrets)
+    console.print(f"Report: {rep.html_path} ({len(rep.results)} result(s), {len(rep.figures)} figure file(s))")
+
+
+@app.command()
+def demo(
+    out: OutOpt = Path("runs/demo"),
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """The main job on the built-in assistant corpus: train, evaluate, report."""
+    from trustnlp.demo import run_demo
+
+    run_demo(out, seed=seed, progress=not quiet, console=console)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning trustnlp's own errors into one clear message."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(args=argv, standalone_mode=True)
+    except TrustNLPError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except ValidationError as e:
+        from trustnlp.config import format_validation_error
+
+        err_console.print(f"[bold red]error:[/] {format_validation_error(e, 'options')}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,134 @@
+"""Run configurations: pydantic models shared by the CLI and the Python API.
+
+Defaults live here, once. Every run records its configuration (``config.model_dump()``) in its
+results file. Configs load from and dump to YAML or JSON.
+
+Example:
+    >>> cfg = TrainConfig(model="cnn", epochs=3)
+    >>> cfg.batch_size
+    64
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trustnlp.errors import ConfigError
+
+__all__ = ["TrainConfig", "DataConfig", "load_config", "format_validation_error"]
+
+Task = Literal["classify", "tag", "lm"]
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Base):
+    """Which data set to load and how to split it.
+
+    Attributes:
+        data: a named data set (``assistant``, ``clinc150``, ``snips``, ``tinyshakespeare``), a
+            CSV/JSONL file or a folder of split files, or ``hf:NAME`` for a Hugging Face data set.
+        data_dir: where named data sets are looked up first (then ``$TRUSTNLP_DATA_DIR``, then
+            ``../shared/data``).
+        include_oos: CLINC150 only: add the out-of-scope class.
+        text_column / label_column: column names for CSV/JSONL/HF data.
+        validation / test: fractions for data without predefined splits.
+    """
+
+    data: str = "assistant"
+    data_dir: str | None = None
+    include_oos: bool = False
+    text_column: str = "text"
+    label_column: str = "label"
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(DataConfig):
+    """Everything one training run needs.
+
+    Attributes:
+        task: ``classify`` (intent), ``tag`` (joint intent + slot tagging), ``lm`` (causal LM).
+        model: an architecture name (see ``trustnlp.models.MODELS``) or a saved model directory.
+        tokenizer: ``wordpiece`` (the MiniLM WordPiece vocabulary, public; the default) or ``word``
+            (a word-level vocabulary; for the built-in corpus it is the generator's public lexicon,
+            for other data it is built from the training split, which is refused under DP).
+        epochs / max_steps: train for ``epochs`` passes, or stop after ``max_steps`` optimiser
+            steps when given.
+        batch_size: the logical batch size; ``physical_batch_size`` bounds what one forward/backward
+            sees (``None`` = the memory guard picks the largest that fits, up to ``batch_size``).
+        lr: learning rate (``None`` = the architecture's default: 1e-3 for small models, 5e-5
+            for pretrained encoders with trainable layers, 1e-3 for frozen ones).
+        optimizer / weight_decay / scheduler / warmup_ratio: the optimiser and its schedule.
+        max_length: maximum tokens per input (``None`` = the longest training input, capped at
+            128). Longer inputs are truncated and counted in the results, never silently.
+        eval_every: evaluate on the validation split every this many epochs (0 = only at the end).
+        checkpoint_every: steps between checkpoints (0 = only at the end of each epoch).
+        model_options: architecture options passed to ``build_model`` (e.g. ``{"trainable":
+            "last-k", "k": 2}`` for MiniLM).
+    """
+
+    task: Task = "classify"
+    model: str = "bag"
+    tokenizer: Literal["wordpiece", "word"] = "wordpiece"
+    seed: int = 0
+    epochs: int = Field(5, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    physical_batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0)
+    scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    max_length: int | None = Field(None, ge=2, le=512)
+    eval_every: int = Field(1, ge=0)
+    checkpoint_every: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    threads: int | None = Field(None, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name an architecture or a saved model directory")
+        return v
+
+
+def format_validation_error(err: ValidationError, source: str = "configuration") -> str:
+    """Render a pydantic error in the house phrasing, naming each field."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        got = e.get("input")
+        lines.append(f"Expected `{loc}` to satisfy: {e['msg']}, but got {got!r}.")
+    return f"Invalid {source}:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path, model: type[BaseModel] = TrainConfig, **overrides: Any) -> Any:
+    """Load a YAML or JSON config file into ``model``, with keyword overrides on top."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"Config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {path}: expected a mapping of option -> value, but got {type(raw).__name__}.")
+    try:
+        return model(**{**raw, **overrides})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"config file {path}")) from None

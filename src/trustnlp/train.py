@@ -1,0 +1,331 @@
+"""The one training loop every trustnlp capability uses.
+
+``fit`` trains a model for a number of epochs (or optimiser steps) on an
+:class:`~trustnlp.tasks.EncodedData`, with:
+
+- seeded shuffling: epoch ``e`` visits examples in ``randperm(N)`` drawn from a generator seeded
+  with ``(seed, e)``, so a run resumed mid-epoch sees exactly the batches it would have seen;
+- logical batches of ``batch_size`` processed as physical batches that fit in memory (gradients
+  are accumulated as ``sum of per-example losses / logical batch size``, so the update does not
+  depend on the physical split); the *memory guard* finds the largest physical batch that runs;
+- an optimiser (AdamW, Adam, SGD with momentum) and a schedule (constant, linear or cosine decay
+  after linear warm-up);
+- evaluation on a validation split every ``eval_every`` epochs, a progress bar, callbacks;
+- checkpoints (safetensors + JSON, see :mod:`trustnlp.checkpoint`) after each epoch and every
+  ``checkpoint_every`` steps; ``fit`` resumes from one and the result is bitwise equal to an
+  uninterrupted run (parameters, optimiser state and RNG state).
+
+Later capabilities plug in through ``step_fn``: a callable that, given the model and the logical
+batch, leaves gradients in ``p.grad`` (DP-SGD replaces the plain accumulate-and-average step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from trustnlp.checkpoint import load_checkpoint, save_checkpoint
+from trustnlp.config import TrainConfig
+from trustnlp.errors import ConfigError, TrustNLPError
+from trustnlp.tasks import EncodedData, Task
+
+__all__ = ["fit", "FitResult", "Callback", "make_optimizer", "make_scheduler", "find_physical_batch_size", "is_oom_error"]
+
+
+class Callback(Protocol):
+    """Hooks into the loop; every method is optional."""
+
+    def on_step_end(self, step: int, logs: dict[str, float]) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
+
+
+StepFn = Callable[[torch.nn.Module, Task, dict[str, torch.Tensor], int, int], float]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a training run did.
+
+    Attributes:
+        history: one row per epoch (``epoch``, ``step``, ``train_loss``, ``val_*``, ``seconds``).
+        steps: optimiser steps taken in total.
+        epochs: epochs completed.
+        train_seconds: wall time spent training in this process (excludes time before a resume).
+        seconds_per_epoch: mean wall time of the epochs run in this process.
+        physical_batch_size: the physical batch size used.
+        resumed_from_step: the checkpoint step training resumed from, or ``None``.
+    """
+
+    history: tuple[dict[str, Any], ...]
+    steps: int
+    epochs: int
+    train_seconds: float
+    seconds_per_epoch: float
+    physical_batch_size: int
+    resumed_from_step: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_optimizer(model: torch.nn.Module, *, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimiser over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("The model has no trainable parameters (every parameter has requires_grad=False).")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ConfigError(f"Expected `optimizer` to be one of ['adamw', 'adam', 'sgd'], but got {name!r}.")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, *, name: str, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio * total_steps`` steps, then constant / linear / cosine decay."""
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if name == "linear":
+            return max(0.0, 1.0 - progress)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        raise ConfigError(f"Expected `scheduler` to be one of ['constant', 'linear', 'cosine'], but got {name!r}.")
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def is_oom_error(err: BaseException) -> bool:
+    """Whether an exception is an out-of-memory failure (CPU or accelerator)."""
+    if isinstance(err, MemoryError | torch.OutOfMemoryError):
+        return True
+    msg = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _accumulate(model: torch.nn.Module, task: Task, batch: dict[str, torch.Tensor], logical_size: int, physical: int) -> float:
+    """Default step: sum-of-losses / logical size, accumulated over physical batches. Returns the mean loss."""
+    n = batch["input_ids"].shape[0]
+    total = 0.0
+    for start in range(0, n, physical):
+        part = {k: v[start : start + physical] for k, v in batch.items()}
+        mask = part["attention_mask"]
+        t = int(mask.sum(dim=1).max())
+        part = {k: (v[:, :t] if v.dim() == 2 else v) for k, v in part.items()}
+        out = model(part["input_ids"], part["attention_mask"])
+        loss = task.loss(out, part, reduction="sum")
+        (loss / logical_size).backward()
+        total += float(loss.detach())
+    return total / n
+
+
+def find_physical_batch_size(
+    model: torch.nn.Module,
+    task: Task,
+    data: EncodedData,
+    *,
+    start: int,
+    step_fn: StepFn = _accumulate,
+    minimum: int = 1,
+) -> int:
+    """The memory guard: the largest physical batch (halving from ``start``) whose step runs.
+
+    It probes with the longest inputs of ``data`` (the worst case), on a copy of the RNG state so
+    that probing does not change the run, and clears the gradients it made.
+    """
+    lengths = data.attention_mask.sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    size = max(minimum, start)
+    while True:
+        idx = order[: min(size, len(data))]
+        batch = data.batch(idx)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                model.train()
+                step_fn(model, task, batch, len(idx), size)
+            return size
+        except Exception as err:  # noqa: BLE001 - only OOM is handled, everything else re-raised
+            if not is_oom_error(err):
+                raise
+            if size <= minimum:
+                raise TrustNLPError(
+                    f"Out of memory even with a physical batch of {size} example(s) of {int(lengths.max())} tokens. "
+                    "Use a smaller model, a smaller `max_length`, or a machine with more memory."
+                ) from err
+            size = max(minimum, size // 2)
+        finally:
+            model.zero_grad(set_to_none=True)
+
+
+def _fingerprint(config: TrainConfig) -> str:
+    keep = config.model_dump(exclude={"epochs", "max_steps", "eval_every", "checkpoint_every", "threads"})
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def default_lr(model: torch.nn.Module) -> float:
+    """The architecture's default learning rate (pretrained encoders fine-tune gently)."""
+    arch = getattr(model, "arch", "")
+    trainable = getattr(model, "config", {}).get("trainable", "full") if isinstance(getattr(model, "config", None), dict) else "full"
+    if arch in {"minilm", "hf"} or (arch == "joint" and getattr(model, "config", {}).get("encoder") == "minilm"):
+        return 1e-3 if trainable == "frozen" else 5e-5
+    return 1e-3
+
+
+def fit(
+    model: torch.nn.Module,
+    task: Task,
+    train_data: EncodedData,
+    *,
+    config: TrainConfig,
+    validation: EncodedData | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | Path | None = None,
+    step_fn: StepFn = _accumulate,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train_data`` for ``config.epochs`` epochs (or ``config.max_steps`` steps).
+
+    Args:
+        model: any module ``model(input_ids, attention_mask) -> outputs`` understood by ``task``.
+        task: loss and metrics.
+        train_data: the encoded training split.
+        config: the run configuration (seed, optimiser, schedule, batch sizes, ...).
+        validation: evaluated every ``config.eval_every`` epochs.
+        callbacks: objects with optional ``on_step_end`` / ``on_epoch_end``.
+        checkpoint_dir: where checkpoints go; when it holds a checkpoint of the same configuration,
+            training resumes from it.
+        step_fn: computes the gradients of one logical batch (DP-SGD plugs in here).
+        progress: show a progress bar.
+        stop_after_steps: stop (after checkpointing) once this many steps are done in total — to
+            simulate an interruption in tests.
+
+    Returns:
+        A :class:`FitResult` with the per-epoch history.
+    """
+    if len(train_data) == 0:
+        raise ConfigError("Expected a non-empty training set, but got 0 examples.")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    n = len(train_data)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    lr = config.lr or default_lr(model)
+    optimizer = make_optimizer(model, name=config.optimizer, lr=lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, name=config.scheduler, total_steps=total_steps, warmup_ratio=config.warmup_ratio)
+
+    fingerprint = _fingerprint(config)
+    ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir is not None else None
+    step, epoch, history, resumed = 0, 0, [], None
+    carried = (0.0, 0)  # running (loss sum, examples) of a part-done epoch, restored on resume
+    if ckpt is not None and (ckpt / "state.json").exists():
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        if state.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"The checkpoint in {ckpt} was written by a different configuration (fingerprint "
+                f"{state.get('fingerprint')} != {fingerprint}). Use a new --out directory or delete the checkpoint."
+            )
+        step, epoch, history, resumed = int(state["step"]), int(state["epoch"]), list(state["history"]), int(state["step"])
+        carried = (float(state.get("epoch_loss_sum", 0.0)), int(state.get("epoch_loss_n", 0)))
+
+    physical = config.physical_batch_size or find_physical_batch_size(model, task, train_data, start=config.batch_size, step_fn=step_fn)
+    physical = min(physical, config.batch_size)
+
+    def checkpoint(epoch_now: int, loss_sum: float = 0.0, loss_n: int = 0) -> None:
+        if ckpt is not None:
+            save_checkpoint(
+                ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                state={"step": step, "epoch": epoch_now, "history": history, "fingerprint": fingerprint,
+                       "epoch_loss_sum": loss_sum, "epoch_loss_n": loss_n},
+            )
+
+    started = time.perf_counter()
+    epoch_times: list[float] = []
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {getattr(model, 'arch', '')}", unit="step", disable=not progress, leave=False)
+    try:
+        while step < total_steps:
+            order = _epoch_order(n, config.seed, epoch)
+            first = step - epoch * steps_per_epoch  # batches of this epoch already done (resume)
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum, loss_n = carried if first > 0 else (0.0, 0)
+            carried = (0.0, 0)
+            for b in range(first, steps_per_epoch):
+                if step >= total_steps:
+                    break
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                batch = train_data.batch(idx)
+                optimizer.zero_grad(set_to_none=True)
+                loss = step_fn(model, task, batch, len(idx), physical)
+                if not math.isfinite(loss):
+                    raise TrustNLPError(f"The training loss became {loss} at step {step + 1}; lower the learning rate (lr={lr}).")
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss_sum += loss * len(idx)
+                loss_n += len(idx)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
+                for cb in callbacks:
+                    if hasattr(cb, "on_step_end"):
+                        cb.on_step_end(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
+                mid_epoch = b + 1 < steps_per_epoch and step < total_steps
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and mid_epoch:
+                    checkpoint(epoch, loss_sum, loss_n)
+                if stop_after_steps is not None and step >= stop_after_steps and mid_epoch:
+                    checkpoint(epoch, loss_sum, loss_n)
+                    return _result(history, step, epoch, started, epoch_times, physical, resumed, lr, interrupted=True)
+            epoch += 1
+            epoch_times.append(time.perf_counter() - t0)
+            row: dict[str, Any] = {
+                "epoch": epoch, "step": step,
+                "train_loss": loss_sum / loss_n if loss_n else None,
+                "seconds": epoch_times[-1],
+            }
+            if validation is not None and len(validation) and config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps):
+                row.update({f"val_{k}": v for k, v in task.evaluate(model, validation).items()})
+            history.append(row)
+            for cb in callbacks:
+                if hasattr(cb, "on_epoch_end"):
+                    cb.on_epoch_end(epoch, row)
+            checkpoint(epoch)
+            if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
+                return _result(history, step, epoch, started, epoch_times, physical, resumed, lr, interrupted=True)
+    finally:
+        bar.close()
+    return _result(history, step, epoch, started, epoch_times, physical, resumed, lr)
+
+
+def _result(history: list, step: int, epoch: int, started: float, epoch_times: list[float], physical: int,
+            resumed: int | None, lr: float, interrupted: bool = False) -> FitResult:
+    return FitResult(
+        history=tuple(history),
+        steps=step,
+        epochs=epoch,
+        train_seconds=time.perf_counter() - started,
+        seconds_per_epoch=sum(epoch_times) / len(epoch_times) if epoch_times else float("nan"),
+        physical_batch_size=physical,
+        resumed_from_step=resumed,
+        extra={"interrupted": interrupted, "lr": lr},
+    )
