@@ -42,6 +42,7 @@ ModelOpt = Annotated[str, typer.Option("--model", help="bag | cnn | lstm | trans
 OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (results.json, model/, figures).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; recorded in the results.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON config file; CLI options override it.")]
+CorpusSizeOpt = Annotated[Optional[int], typer.Option("--corpus-size", help="Built-in corpus: number of utterances.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
@@ -77,6 +78,7 @@ def train(
     tokenizer: Annotated[Optional[str], typer.Option(help="wordpiece (MiniLM, public) | word")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per input (default: longest, <= 128).")] = None,
     include_oos: Annotated[bool, typer.Option("--include-oos", help="CLINC150: add the out-of-scope class.")] = False,
+    corpus_size: CorpusSizeOpt = None,
     trainable: Annotated[Optional[str], typer.Option(help="MiniLM: full | frozen | last-k")] = None,
     k: Annotated[Optional[int], typer.Option(help="MiniLM with --trainable last-k: how many layers.")] = None,
     quiet: QuietOpt = False,
@@ -87,7 +89,7 @@ def train(
 
     given = {"data": data, "task": task, "model": model, "seed": seed, "data_dir": data_dir, "epochs": epochs,
              "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "tokenizer": tokenizer,
-             "max_length": max_length, "include_oos": include_oos or None}
+             "max_length": max_length, "include_oos": include_oos or None, "corpus_size": corpus_size}
     ctx = click_context()
     explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
     options = {}
@@ -131,12 +133,13 @@ def evaluate(
     data_dir: DataDirOpt = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
     include_oos: Annotated[bool, typer.Option("--include-oos")] = False,
+    corpus_size: CorpusSizeOpt = None,
 ) -> None:
     """Evaluate a saved model (offline) on a data set's split."""
     from trustnlp.config import DataConfig
     from trustnlp.pipeline import run_evaluate
 
-    result = run_evaluate(model, DataConfig(data=data, data_dir=data_dir, include_oos=include_oos), out,
+    result = run_evaluate(model, DataConfig(data=data, data_dir=data_dir, include_oos=include_oos, corpus_size=corpus_size), out,
                           seed=seed, split=split)
     _summary(f"{model} on {data} ({split})", dict(result.metrics), list(result.metrics))
 

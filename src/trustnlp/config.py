@@ -40,6 +40,8 @@ class DataConfig(_Base):
         include_oos: CLINC150 only: add the out-of-scope class.
         text_column / label_column: column names for CSV/JSONL/HF data.
         validation / test: fractions for data without predefined splits.
+        corpus_size / corpus_users: size of the generated assistant corpus (utterances, users);
+            ``None`` = the generator's defaults.
     """
 
     data: str = "assistant"
@@ -49,6 +51,8 @@ class DataConfig(_Base):
     label_column: str = "label"
     validation: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
+    corpus_size: int | None = Field(None, ge=100)
+    corpus_users: int | None = Field(None, ge=1)
 
 
 class TrainConfig(DataConfig):

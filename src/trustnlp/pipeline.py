@@ -37,6 +37,11 @@ def load_splits(config: DataConfig, *, seed: int) -> DatasetSplits:
     """The data set a config names, split into train / validation / test."""
     from trustnlp.data.registry import load_dataset
 
+    if config.data == "assistant" and (config.corpus_size or config.corpus_users):
+        from trustnlp.data.assistant import AssistantConfig, generate_assistant
+
+        sizes = {"n_utterances": config.corpus_size, "n_users": config.corpus_users}
+        return generate_assistant(AssistantConfig(**{k: v for k, v in sizes.items() if v}), seed=seed)
     return load_dataset(
         config.data,
         data_dir=config.data_dir,

@@ -171,7 +171,7 @@ def find_physical_batch_size(
 
 
 def _fingerprint(config: TrainConfig) -> str:
-    keep = config.model_dump(exclude={"epochs", "max_steps", "eval_every", "checkpoint_every", "threads"})
+    keep = config.model_dump(exclude={"eval_every", "checkpoint_every", "threads"})
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,34 @@
+"""The report: ``trustnlp report DIR...`` renders every result found into one self-contained HTML page.
+
+Example:
+    >>> from trustnlp.report import render_report
+    >>> rep = render_report(["runs/"], "runs/report")  # doctest: +SKIP
+    >>> rep.html_path  # doctest: +SKIP
+    PosixPath('runs/report/report.html')
+
+Kinds add figures by registering a plotter (see :mod:`trustnlp.report.plots`)::
+
+    from trustnlp.report import Plot, make_figure, register_plotter
+
+    @register_plotter("audit")
+    def plot_audit(result): ...
+"""
+
+from __future__ import annotations
+
+from trustnlp.report.plots import PLOTTERS, Plot, get_plotter, make_figure, plot_rows, register_plotter
+from trustnlp.report.render import Report, find_results, format_value, redact, render_report
+
+__all__ = [
+    "PLOTTERS",
+    "Plot",
+    "Report",
+    "find_results",
+    "format_value",
+    "get_plotter",
+    "make_figure",
+    "plot_rows",
+    "redact",
+    "register_plotter",
+    "render_report",
+]
