@@ -112,7 +112,7 @@ class ClassifyTask(Task):
         if data.labels is None:
             raise DataError(f"Data set `{data.meta.name}` has no labels; the `classify` task needs them.")
         enc = tokenizer.encode(list(data.texts), max_length=max_length)
-        return EncodedData(enc.input_ids, enc.attention_mask, torch.as_tensor(data.labels), None, enc.num_truncated)
+        return EncodedData(enc.input_ids, enc.attention_mask, torch.tensor(np.asarray(data.labels), dtype=torch.long), None, enc.num_truncated)
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], *, reduction: Reduction = "mean") -> torch.Tensor:
         return F.cross_entropy(outputs, batch["labels"], reduction=reduction)
@@ -162,7 +162,7 @@ class TagTask(Task):
                 if w is not None and w != prev:
                     tag_ids[i, pos] = tag_index[tags[w]]
                 prev = w
-        return EncodedData(enc.input_ids, enc.attention_mask, torch.as_tensor(data.labels), tag_ids, enc.num_truncated)
+        return EncodedData(enc.input_ids, enc.attention_mask, torch.tensor(np.asarray(data.labels), dtype=torch.long), tag_ids, enc.num_truncated)
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], *, reduction: Reduction = "mean") -> torch.Tensor:
         intent_logits, tag_logits = outputs
