@@ -155,7 +155,7 @@ def predict(
 
     for p in _predict(model, texts, top_k=top_k):
         tops = ", ".join(f"{lab} {prob:.3f}" for lab, prob in p.top)
-        console.print(f"{p.label}\t{p.probability:.3f}\t{p.text}\t[{tops}]", highlight=False)
+        typer.echo(f"{p.label}\t{p.probability:.3f}\t{p.text}\t[{tops}]")  # tab-separated: easy to parse
 
 
 @app.command()

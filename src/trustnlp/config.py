@@ -68,8 +68,9 @@ class TrainConfig(DataConfig):
             steps when given.
         batch_size: the logical batch size; ``physical_batch_size`` bounds what one forward/backward
             sees (``None`` = the memory guard picks the largest that fits, up to ``batch_size``).
-        lr: learning rate (``None`` = the architecture's default: 1e-3 for small models, 5e-5
-            for pretrained encoders with trainable layers, 1e-3 for frozen ones).
+        lr: learning rate (``None`` = the architecture's default: 5e-3 for ``bag``, 1e-3 for the
+            other small models, 5e-5 for pretrained encoders with trainable layers, 1e-3 for frozen
+            ones; see ``trustnlp.train.default_lr``).
         optimizer / weight_decay / scheduler / warmup_ratio: the optimiser and its schedule.
         max_length: maximum tokens per input (``None`` = the longest training input, capped at
             128). Longer inputs are truncated and counted in the results, never silently.

@@ -186,6 +186,8 @@ def default_lr(model: torch.nn.Module) -> float:
     trainable = getattr(model, "config", {}).get("trainable", "full") if isinstance(getattr(model, "config", None), dict) else "full"
     if arch in {"minilm", "hf"} or (arch == "joint" and getattr(model, "config", {}).get("encoder") == "minilm"):
         return 1e-3 if trainable == "frozen" else 5e-5
+    if arch == "bag":  # one embedding table and a linear layer: learns slowly at 1e-3
+        return 5e-3
     return 1e-3
 
 
