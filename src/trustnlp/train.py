@@ -262,7 +262,7 @@ def fit(
 
     started = time.perf_counter()
     epoch_times: list[float] = []
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {getattr(model, 'arch', '')}", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {getattr(model, 'arch', '')}", unit="step", disable=None if progress else True, leave=False)
     try:
         while step < total_steps:
             order = _epoch_order(n, config.seed, epoch)
