@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -34,15 +34,15 @@ err_console = Console(stderr=True)
 # -- the shared option vocabulary ------------------------------------------------------------------
 DataOpt = Annotated[str, typer.Option("--data", help="assistant (built-in), clinc150, snips, snips-original, "
                                       "tinyshakespeare, a CSV/JSONL file or folder, or hf:NAME.")]
-DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where named data sets are looked up first "
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Where named data sets are looked up first "
                                                   "(then $TRUSTNLP_DATA_DIR, then ../shared/data).")]
 TaskOpt = Annotated[str, typer.Option("--task", help="classify | tag (intent + slots) | lm")]
 ModelOpt = Annotated[str, typer.Option("--model", help="bag | cnn | lstm | transformer | minilm | joint | lm, "
                                        "or a saved model directory.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (results.json, model/, figures).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; recorded in the results.")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON config file; CLI options override it.")]
-CorpusSizeOpt = Annotated[Optional[int], typer.Option("--corpus-size", help="Built-in corpus: number of utterances.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/JSON config file; CLI options override it.")]
+CorpusSizeOpt = Annotated[int | None, typer.Option("--corpus-size", help="Built-in corpus: number of utterances.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
@@ -71,16 +71,16 @@ def train(
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Logical batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: by architecture).")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="wordpiece (MiniLM, public) | word")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per input (default: longest, <= 128).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Logical batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: by architecture).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="wordpiece (MiniLM, public) | word")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens per input (default: longest, <= 128).")] = None,
     include_oos: Annotated[bool, typer.Option("--include-oos", help="CLINC150: add the out-of-scope class.")] = False,
     corpus_size: CorpusSizeOpt = None,
-    trainable: Annotated[Optional[str], typer.Option(help="MiniLM: full | frozen | last-k")] = None,
-    k: Annotated[Optional[int], typer.Option(help="MiniLM with --trainable last-k: how many layers.")] = None,
+    trainable: Annotated[str | None, typer.Option(help="MiniLM: full | frozen | last-k")] = None,
+    k: Annotated[int | None, typer.Option(help="MiniLM with --trainable last-k: how many layers.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model; write OUT/results.json and OUT/model/ (safetensors + JSON)."""
@@ -128,7 +128,7 @@ def _is_explicit(ctx: Any, name: str) -> bool:
 def evaluate(
     model: ModelOpt,
     data: DataOpt = "assistant",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write OUT/results.json too.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write OUT/results.json too.")] = None,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",

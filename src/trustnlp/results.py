@@ -182,7 +182,7 @@ class Result:
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": self.kind,
-            "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": self.created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "config": body["config"],
             "seed": int(self.seed),
             "versions": dict(self.versions) or collect_versions(),

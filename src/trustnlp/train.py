@@ -230,7 +230,6 @@ def fit(
     n = len(train_data)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
     lr = config.lr or default_lr(model)
     optimizer = make_optimizer(model, name=config.optimizer, lr=lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, name=config.scheduler, total_steps=total_steps, warmup_ratio=config.warmup_ratio)

@@ -207,7 +207,9 @@ def test_test_templates_are_held_out(default_splits):
         assert n_train >= 6 and n_test >= 2 and n_train + n_test >= 8
     assert all(int(t.split("/")[1]) % 4 == 3 for t in test_t)
     # held-out fillers occur only in test
-    first = lambda ds: {t.split()[0] for t in ds.texts}
+    def first(ds):
+        return {t.split()[0] for t in ds.texts}
+
     assert "hi" in first(s.test) and "hi" not in first(s.train) | first(s.validation)
 
 
