@@ -64,6 +64,7 @@ STYLE: dict[str, Any] = {
     "font.family": "DejaVu Sans",
     "font.size": 9,
     "axes.grid": True,
+    "axes.formatter.useoffset": False,
     "grid.alpha": 0.3,
     "axes.spines.top": False,
     "axes.spines.right": False,
