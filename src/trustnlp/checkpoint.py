@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from trustnlp.errors import DataError
 from trustnlp.results import to_jsonable
 
-__all__ = ["save_checkpoint", "load_checkpoint", "optimizer_state_to_flat", "optimizer_state_from_flat"]
+__all__ = ["save_checkpoint", "load_checkpoint", "optimizer_state_to_flat", "optimizer_state_from_flat", "split_tensors", "join_tensors"]
 
 STATE_FILE = "state.json"
 
@@ -59,6 +59,33 @@ def optimizer_state_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping
     return {"state": state, "param_groups": groups}
 
 
+def split_tensors(state: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Split a nested state dict into (JSON-able part, flat ``{dotted.key: tensor}``)."""
+    plain: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor):
+            tensors[key] = v.detach().clone().contiguous()
+            plain[k] = {"__tensor__": key}
+        elif isinstance(v, Mapping):
+            sub_plain, sub_tensors = split_tensors(v, prefix=f"{key}.")
+            plain[k] = sub_plain
+            tensors.update(sub_tensors)
+        else:
+            plain[k] = v
+    return plain, tensors
+
+
+def join_tensors(plain: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`split_tensors`."""
+    if isinstance(plain, Mapping):
+        if set(plain) == {"__tensor__"}:
+            return tensors[plain["__tensor__"]]
+        return {k: join_tensors(v, tensors) for k, v in plain.items()}
+    return plain
+
+
 def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # clone: safetensors refuses shared storage (tied weights); load_state_dict re-ties them.
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -84,11 +111,13 @@ def save_checkpoint(
         rng = {"torch_cpu": torch.get_rng_state()}
         for name, g in (generators or {}).items():
             rng[f"gen.{name}"] = g.get_state()
+        plain_state, state_tensors = split_tensors(state)
+        rng.update({f"state.{k}": v for k, v in state_tensors.items()})
         save_file(rng, str(tmp / "rng.safetensors"))
         payload = {
             "format": "trustnlp-checkpoint",
             "format_version": 1,
-            "state": to_jsonable(state),
+            "state": to_jsonable(plain_state),
             "optimizer": to_jsonable(opt_meta),
             "scheduler": to_jsonable(scheduler.state_dict()) if scheduler is not None else None,
         }
@@ -144,4 +173,5 @@ def load_checkpoint(
     for name, g in (generators or {}).items():
         if f"gen.{name}" in rng:
             g.set_state(rng[f"gen.{name}"])
-    return dict(payload["state"])
+    state_tensors = {k[len("state."):]: v for k, v in rng.items() if k.startswith("state.")}
+    return dict(join_tensors(payload["state"], state_tensors))

@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,10 @@ from trustnlp.config import TrainConfig
 from trustnlp.errors import ConfigError, TrustNLPError
 from trustnlp.tasks import EncodedData, Task
 
-__all__ = ["fit", "FitResult", "Callback", "make_optimizer", "make_scheduler", "find_physical_batch_size", "is_oom_error"]
+__all__ = [
+    "fit", "FitResult", "Callback", "BatchSampler", "ShuffleSampler", "StopTraining",
+    "make_optimizer", "make_scheduler", "find_physical_batch_size", "is_oom_error",
+]
 
 
 class Callback(Protocol):
@@ -119,6 +122,8 @@ def is_oom_error(err: BaseException) -> bool:
 def _accumulate(model: torch.nn.Module, task: Task, batch: dict[str, torch.Tensor], logical_size: int, physical: int) -> float:
     """Default step: sum-of-losses / logical size, accumulated over physical batches. Returns the mean loss."""
     n = batch["input_ids"].shape[0]
+    if n == 0:  # an empty logical batch (Poisson sampling): no gradient, the optimiser step is a no-op
+        return float("nan")
     total = 0.0
     for start in range(0, n, physical):
         part = {k: v[start : start + physical] for k, v in batch.items()}
@@ -175,9 +180,33 @@ def _fingerprint(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return torch.randperm(n, generator=g)
+class BatchSampler(Protocol):
+    """Which examples each logical step sees: ``epoch(e)`` yields index tensors, deterministically in
+    ``(seed, e)``, so a resumed run can skip the batches it already did. DP-SGD's Poisson sampler
+    implements the same protocol (its batches vary in size and may be empty)."""
+
+    steps_per_epoch: int
+
+    def epoch(self, e: int) -> Iterator[torch.Tensor]: ...
+
+
+class ShuffleSampler:
+    """Fixed-size batches of a fresh random permutation per epoch (``randperm`` seeded by ``(seed, epoch)``)."""
+
+    def __init__(self, num_examples: int, *, batch_size: int, seed: int) -> None:
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = math.ceil(num_examples / batch_size)
+
+    def epoch(self, e: int) -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(e))
+        order = torch.randperm(self.num_examples, generator=g)
+        for b in range(self.steps_per_epoch):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class StopTraining(Exception):
+    """Raised by a step function *before* it changes anything, to end training cleanly (e.g. the
+    privacy budget would be exceeded by the next step). ``fit`` checkpoints and returns."""
 
 
 def default_lr(model: torch.nn.Module) -> float:
@@ -203,6 +232,7 @@ def fit(
     step_fn: StepFn = _accumulate,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    sampler: BatchSampler | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_data`` for ``config.epochs`` epochs (or ``config.max_steps`` steps).
 
@@ -215,10 +245,13 @@ def fit(
         callbacks: objects with optional ``on_step_end`` / ``on_epoch_end``.
         checkpoint_dir: where checkpoints go; when it holds a checkpoint of the same configuration,
             training resumes from it.
-        step_fn: computes the gradients of one logical batch (DP-SGD plugs in here).
+        step_fn: computes the gradients of one logical batch (DP-SGD plugs in here). When it has
+            ``state_dict()`` / ``load_state_dict()`` (noise generator, privacy ledger), that state
+            is checkpointed with the rest.
         progress: show a progress bar.
         stop_after_steps: stop (after checkpointing) once this many steps are done in total — to
             simulate an interruption in tests.
+        sampler: which examples each step sees (default: shuffled fixed-size batches).
 
     Returns:
         A :class:`FitResult` with the per-epoch history.
@@ -228,7 +261,8 @@ def fit(
     if config.threads:
         torch.set_num_threads(config.threads)
     n = len(train_data)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    sampler = sampler or ShuffleSampler(n, batch_size=config.batch_size, seed=config.seed)
+    steps_per_epoch = sampler.steps_per_epoch
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     lr = config.lr or default_lr(model)
     optimizer = make_optimizer(model, name=config.optimizer, lr=lr, weight_decay=config.weight_decay)
@@ -240,6 +274,8 @@ def fit(
     carried = (0.0, 0)  # running (loss sum, examples) of a part-done epoch, restored on resume
     if ckpt is not None and (ckpt / "state.json").exists():
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        if hasattr(step_fn, "load_state_dict") and state.get("step_fn") is not None:
+            step_fn.load_state_dict(state["step_fn"])
         if state.get("fingerprint") != fingerprint:
             raise ConfigError(
                 f"The checkpoint in {ckpt} was written by a different configuration (fingerprint "
@@ -248,7 +284,8 @@ def fit(
         step, epoch, history, resumed = int(state["step"]), int(state["epoch"]), list(state["history"]), int(state["step"])
         carried = (float(state.get("epoch_loss_sum", 0.0)), int(state.get("epoch_loss_n", 0)))
 
-    physical = config.physical_batch_size or find_physical_batch_size(model, task, train_data, start=config.batch_size, step_fn=step_fn)
+    probe = getattr(step_fn, "probe", step_fn)  # a DP step probes without noise or accounting
+    physical = config.physical_batch_size or find_physical_batch_size(model, task, train_data, start=config.batch_size, step_fn=probe)
     physical = min(physical, config.batch_size)
 
     def checkpoint(epoch_now: int, loss_sum: float = 0.0, loss_n: int = 0) -> None:
@@ -256,7 +293,8 @@ def fit(
             save_checkpoint(
                 ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
                 state={"step": step, "epoch": epoch_now, "history": history, "fingerprint": fingerprint,
-                       "epoch_loss_sum": loss_sum, "epoch_loss_n": loss_n},
+                       "epoch_loss_sum": loss_sum, "epoch_loss_n": loss_n,
+                       "step_fn": step_fn.state_dict() if hasattr(step_fn, "state_dict") else None},
             )
 
     started = time.perf_counter()
@@ -264,28 +302,34 @@ def fit(
     bar = tqdm(total=total_steps, initial=step, desc=f"train {getattr(model, 'arch', '')}", unit="step", disable=None if progress else True, leave=False)
     try:
         while step < total_steps:
-            order = _epoch_order(n, config.seed, epoch)
             first = step - epoch * steps_per_epoch  # batches of this epoch already done (resume)
             t0 = time.perf_counter()
             model.train()
             loss_sum, loss_n = carried if first > 0 else (0.0, 0)
             carried = (0.0, 0)
-            for b in range(first, steps_per_epoch):
+            for b, idx in enumerate(sampler.epoch(epoch)):
+                if b < first:
+                    continue
                 if step >= total_steps:
                     break
-                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
                 batch = train_data.batch(idx)
                 optimizer.zero_grad(set_to_none=True)
-                loss = step_fn(model, task, batch, len(idx), physical)
-                if not math.isfinite(loss):
+                try:
+                    loss = step_fn(model, task, batch, len(idx), physical)
+                except StopTraining as stop:
+                    stopped = str(stop)
+                    checkpoint(epoch, loss_sum, loss_n)
+                    return _result(history, step, epoch, started, epoch_times, physical, resumed, lr, stopped=stopped)
+                if len(idx) and not math.isfinite(loss):
                     raise TrustNLPError(f"The training loss became {loss} at step {step + 1}; lower the learning rate (lr={lr}).")
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                loss_sum += loss * len(idx)
-                loss_n += len(idx)
+                if len(idx):
+                    loss_sum += loss * len(idx)
+                    loss_n += len(idx)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
                 for cb in callbacks:
@@ -319,7 +363,7 @@ def fit(
 
 
 def _result(history: list, step: int, epoch: int, started: float, epoch_times: list[float], physical: int,
-            resumed: int | None, lr: float, interrupted: bool = False) -> FitResult:
+            resumed: int | None, lr: float, interrupted: bool = False, stopped: str | None = None) -> FitResult:
     return FitResult(
         history=tuple(history),
         steps=step,
@@ -328,5 +372,5 @@ def _result(history: list, step: int, epoch: int, started: float, epoch_times: l
         seconds_per_epoch=sum(epoch_times) / len(epoch_times) if epoch_times else float("nan"),
         physical_batch_size=physical,
         resumed_from_step=resumed,
-        extra={"interrupted": interrupted, "lr": lr},
+        extra={"interrupted": interrupted, "lr": lr, "stopped": stopped},
     )

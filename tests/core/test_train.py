@@ -157,3 +157,65 @@ def test_schedules():
     sch = make_scheduler(opt, name="linear", total_steps=100, warmup_ratio=0.1)
     assert sch.get_last_lr()[0] == pytest.approx(0.1)
     assert math.isclose(make_scheduler(opt, name="cosine", total_steps=10, warmup_ratio=0).lr_lambdas[0](10), 0.0, abs_tol=1e-12)
+
+
+class NoisyStep:
+    """A stateful step (like DP-SGD's): adds seeded noise to the gradients, counts steps, may stop."""
+
+    def __init__(self, seed=0, stop_at=None):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.count = 0
+        self.stop_at = stop_at
+
+    def __call__(self, model, task, batch, logical, physical):
+        if self.stop_at is not None and self.count >= self.stop_at:
+            from trustnlp.train import StopTraining
+
+            raise StopTraining("budget")
+        loss = _accumulate(model, task, batch, logical, physical)
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=self.gen) * 0.01
+            p.grad = noise if p.grad is None else p.grad + noise
+        self.count += 1
+        return loss
+
+    def probe(self, model, task, batch, logical, physical):
+        return _accumulate(model, task, batch, logical, physical)
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state(), "count": self.count}
+
+    def load_state_dict(self, state):
+        self.gen.set_state(state["gen"])
+        self.count = state["count"]
+
+
+def test_stateful_step_is_checkpointed_and_resumes_bitwise(tmp_path):
+    data, task, config = make_data(), ClassifyTask(3), cfg(checkpoint_every=2)
+    a = make_model()
+    fit(a, task, data, config=config, checkpoint_dir=tmp_path / "a", progress=False, step_fn=NoisyStep())
+    b = make_model()
+    fit(b, task, data, config=config, checkpoint_dir=tmp_path / "b", progress=False, step_fn=NoisyStep(), stop_after_steps=6)
+    resumed_step = NoisyStep(seed=123)  # its state must come from the checkpoint
+    c = make_model(seed=5)
+    fit(c, task, data, config=config, checkpoint_dir=tmp_path / "b", progress=False, step_fn=resumed_step)
+    assert resumed_step.count == 15
+    for p, q in zip(a.parameters(), c.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_stop_training_ends_cleanly_and_variable_batches_work(tmp_path):
+    data, task = make_data(), ClassifyTask(3)
+
+    class Ragged:  # variable-size batches including an empty one (as Poisson sampling gives)
+        steps_per_epoch = 3
+
+        def epoch(self, e):
+            yield torch.arange(0, 10)
+            yield torch.arange(0, 0)
+            yield torch.arange(10, 13)
+
+    m = make_model()
+    res = fit(m, task, data, config=cfg(epochs=2), progress=False, sampler=Ragged(), step_fn=NoisyStep(stop_at=4),
+              checkpoint_dir=tmp_path)
+    assert res.steps == 4 and res.extra["stopped"] == "budget"
