@@ -42,6 +42,7 @@ ModelOpt = Annotated[str, typer.Option("--model", help="bag | cnn | lstm | trans
 OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (results.json, model/, figures).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; recorded in the results.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/JSON config file; CLI options override it.")]
+EpsilonOpt = Annotated[float | None, typer.Option("--epsilon", help="Target epsilon of one private run (with --dp).")]
 CorpusSizeOpt = Annotated[int | None, typer.Option("--corpus-size", help="Built-in corpus: number of utterances.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
@@ -58,7 +59,7 @@ def _summary(title: str, metrics: dict[str, Any], keys: list[str]) -> None:
     for k in keys:
         if k in metrics:
             v = metrics[k]
-            table.add_row(k, "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+            table.add_row(k, "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
     console.print(table)
 
 
@@ -79,6 +80,14 @@ def train(
     max_length: Annotated[int | None, typer.Option(help="Max tokens per input (default: longest, <= 128).")] = None,
     include_oos: Annotated[bool, typer.Option("--include-oos", help="CLINC150: add the out-of-scope class.")] = False,
     corpus_size: CorpusSizeOpt = None,
+    dp: Annotated[bool, typer.Option("--dp", help="Train with DP-SGD (example-level differential privacy).")] = False,
+    epsilon: EpsilonOpt = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta (default: below 1/n, documented).")] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP noise multiplier instead of --epsilon.")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP per-example clipping threshold C.")] = None,
+    clipping: Annotated[str | None, typer.Option(help="DP clipping: flat | per-layer | automatic")] = None,
+    accountant: Annotated[str | None, typer.Option(help="DP accountant: rdp | pld")] = None,
+    secure_noise: Annotated[bool, typer.Option("--secure-noise", help="Cryptographically secure DP noise.")] = False,
     trainable: Annotated[str | None, typer.Option(help="MiniLM: full | frozen | last-k")] = None,
     k: Annotated[int | None, typer.Option(help="MiniLM with --trainable last-k: how many layers.")] = None,
     quiet: QuietOpt = False,
@@ -89,7 +98,10 @@ def train(
 
     given = {"data": data, "task": task, "model": model, "seed": seed, "data_dir": data_dir, "epochs": epochs,
              "max_steps": max_steps, "batch_size": batch_size, "lr": lr, "tokenizer": tokenizer,
-             "max_length": max_length, "include_oos": include_oos or None, "corpus_size": corpus_size}
+             "max_length": max_length, "include_oos": include_oos or None, "corpus_size": corpus_size,
+             "dp": dp or None, "epsilon": epsilon, "delta": delta, "noise_multiplier": noise_multiplier,
+             "max_grad_norm": max_grad_norm, "clipping": clipping, "accountant": accountant,
+             "secure_noise": secure_noise or None}
     ctx = click_context()
     explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
     options = {}
@@ -107,7 +119,8 @@ def train(
     m = result.metrics
     _summary(f"{cfg.model} on {cfg.data} ({cfg.task})", dict(m),
              ["test_accuracy", "test_macro_f1", "test_slot_f1", "test_perplexity", "test_loss", "epochs",
-              "seconds_per_epoch", "train_seconds", "num_parameters", "truncated_test"])
+              "seconds_per_epoch", "train_seconds", "num_parameters", "truncated_test", "epsilon", "delta",
+              "noise_multiplier", "sampling_rate", "dp_steps", "stopped_early"])
     console.print(f"Results: {out / 'results.json'}   model: {out / 'model'}")
 
 

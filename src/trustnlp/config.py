@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trustnlp.errors import ConfigError
 
@@ -78,6 +78,13 @@ class TrainConfig(DataConfig):
         checkpoint_every: steps between checkpoints (0 = only at the end of each epoch).
         model_options: architecture options passed to ``build_model`` (e.g. ``{"trainable":
             "last-k", "k": 2}`` for MiniLM).
+        dp: train with DP-SGD (example-level): Poisson sampling with rate ``batch_size / n``,
+            per-example clipping to ``max_grad_norm`` (``clipping`` mode), Gaussian noise of std
+            ``noise_multiplier * sensitivity`` once per logical step, accounting by ``accountant``.
+        epsilon / delta: the target privacy budget; the noise multiplier is calibrated to it for
+            the planned steps unless ``noise_multiplier`` is given. ``delta=None`` = the documented
+            default below 1/n (``trustnlp.privacy.accounting.default_delta``).
+        secure_noise: draw the noise from a cryptographically secure source (AES-CTR).
     """
 
     task: Task = "classify"
@@ -99,6 +106,27 @@ class TrainConfig(DataConfig):
     grad_clip: float | None = Field(None, gt=0.0)
     model_options: dict[str, Any] = Field(default_factory=dict)
     threads: int | None = Field(None, ge=1)
+    # -- differential privacy (DP-SGD); see docs/privacy.md --------------------------------------
+    dp: bool = False
+    epsilon: float | None = Field(None, gt=0.0)
+    delta: float | None = Field(None, gt=0.0, lt=1.0)
+    noise_multiplier: float | None = Field(None, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    clipping: Literal["flat", "per-layer", "automatic"] = "flat"
+    accountant: Literal["rdp", "pld"] = "rdp"
+    secure_noise: bool = False
+
+    @model_validator(mode="after")
+    def _dp_options_consistent(self) -> TrainConfig:
+        dp_only = {"epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": self.noise_multiplier}
+        given = [k for k, v in dp_only.items() if v is not None]
+        if not self.dp and given:
+            raise ValueError(f"{given} only apply to private training; add `dp: true` (--dp)")
+        if self.dp and self.epsilon is None and self.noise_multiplier is None:
+            raise ValueError("private training needs a target `epsilon` (--epsilon) or a `noise_multiplier`")
+        if self.dp and self.epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError("give either `epsilon` (the noise is calibrated to it) or `noise_multiplier`, not both")
+        return self
 
     @field_validator("model")
     @classmethod
@@ -112,9 +140,11 @@ def format_validation_error(err: ValidationError, source: str = "configuration")
     """Render a pydantic error in the house phrasing, naming each field."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
-        got = e.get("input")
-        lines.append(f"Expected `{loc}` to satisfy: {e['msg']}, but got {got!r}.")
+        loc = ".".join(str(x) for x in e["loc"])
+        if not loc:  # a rule across several fields
+            lines.append(str(e["msg"]).removeprefix("Value error, ") + ".")
+            continue
+        lines.append(f"Expected `{loc}` to satisfy: {e['msg']}, but got {e.get('input')!r}.")
     return f"Invalid {source}:\n  " + "\n  ".join(lines)
 
 

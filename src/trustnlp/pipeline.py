@@ -128,15 +128,30 @@ def run_train(config: TrainConfig, out: str | Path, *, progress: bool = True, st
             f"`trustnlp train` builds a new model; {config.model!r} is a saved model directory. "
             "Use `trustnlp evaluate --model DIR` to evaluate it."
         )
-    tokenizer = make_tokenizer(config.tokenizer, splits, model=config.model)
+    private = config.dp
+    tokenizer = make_tokenizer(config.tokenizer, splits, model=config.model, private=private)
     task = _task_for(config, splits.train)
-    max_length = config.max_length or min(MAX_LENGTH_CAP, task.longest(splits.train, tokenizer))
+    if config.max_length is not None:
+        max_length = config.max_length
+    elif private:  # never sized from the private data
+        from trustnlp.privacy.training import DP_DEFAULT_MAX_LENGTH
+
+        max_length = DP_DEFAULT_MAX_LENGTH
+    else:
+        max_length = min(MAX_LENGTH_CAP, task.longest(splits.train, tokenizer))
     encoded = {name: task.encode(ds, tokenizer, max_length=max_length) for name, ds in splits.items()}
     load_seconds = time.perf_counter() - t_load
     model = _build(config, tokenizer, splits.train)
+    plan = None
+    extra_fit: dict[str, Any] = {}
+    if private:
+        from trustnlp.privacy.training import plan_private_training
+
+        plan = plan_private_training(config, model, num_examples=len(splits.train))
+        extra_fit = {"step_fn": plan.step, "sampler": plan.sampler}
     fitted: FitResult = fit(
         model, task, encoded["train"], config=config, validation=encoded.get("validation"),
-        checkpoint_dir=out, progress=progress, stop_after_steps=stop_after_steps,
+        checkpoint_dir=out, progress=progress, stop_after_steps=stop_after_steps, **extra_fit,
     )
     metrics: dict[str, Any] = {}
     if not fitted.extra.get("interrupted"):
@@ -162,6 +177,23 @@ def run_train(config: TrainConfig, out: str | Path, *, progress: bool = True, st
         "delta": None,
         "privacy_unit": None,
     })
+    null_reasons = {"metrics.epsilon": NON_PRIVATE_REASON, "metrics.delta": NON_PRIVATE_REASON,
+                    "metrics.privacy_unit": NON_PRIVATE_REASON}
+    if plan is not None:
+        from trustnlp.privacy.training import privacy_metrics
+
+        metrics.update(privacy_metrics(plan, config))
+        # statistics of the private training split are not released by a private run
+        metrics["truncated_train"] = None
+        null_reasons = {"metrics.truncated_train": "private run: a statistic of the private training data is not released"}
+        if fitted.extra.get("stopped"):
+            metrics["stopped_early"] = fitted.extra["stopped"]
+        # the running training loss is a statistic of the private batches: not released either
+        history = tuple({**row, "train_loss": None} for row in fitted.history)
+        null_reasons.update({f"rows[{i}].train_loss": "private run: training loss on private data is not released"
+                             for i in range(len(history))})
+    else:
+        history = fitted.history
     artifacts: dict[str, str] = {}
     if not fitted.extra.get("interrupted"):
         save_model(model, out / "model", tokenizer=tokenizer, label_names=splits.train.label_names,
@@ -174,9 +206,8 @@ def run_train(config: TrainConfig, out: str | Path, *, progress: bool = True, st
         seed=config.seed,
         data=splits.meta.to_dict(),
         metrics=metrics,
-        rows=fitted.history,
-        null_reasons={"metrics.epsilon": NON_PRIVATE_REASON, "metrics.delta": NON_PRIVATE_REASON,
-                      "metrics.privacy_unit": NON_PRIVATE_REASON},
+        rows=history,
+        null_reasons=null_reasons,
         artifacts=artifacts,
     )
     write_result(result, out / "results.json")
