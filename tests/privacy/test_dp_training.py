@@ -6,8 +6,8 @@ import dp_accounting
 import pytest
 import torch
 from dp_accounting import rdp
-
 from test_clipping_reference import loop_grads, split, trainable_params
+
 from trustnlp.config import TrainConfig
 from trustnlp.models import build_model
 from trustnlp.pipeline import run_train

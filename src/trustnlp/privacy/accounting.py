@@ -32,12 +32,11 @@ Example:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeGuard
-
-import logging
 
 import dp_accounting
 import numpy as np
