@@ -17,10 +17,8 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +29,14 @@ import jinja2
 from trustnlp import __version__
 from trustnlp.errors import DataError
 from trustnlp.report import plots
-from trustnlp.results import SCHEMA_VERSION, Result, atomic_write_json, atomic_write_text, read_result
+from trustnlp.results import (
+    SCHEMA_VERSION,
+    Result,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_result,
+)
 
 __all__ = [
     "HEADLINE",
@@ -143,20 +148,6 @@ def _cell(v: Any, reason: str | None = None, *, absent: bool = False, limit: int
     return {"text": text, "title": title, "cls": "num" if num else ""}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _names(files: Sequence[Path]) -> list[str]:
@@ -281,7 +272,7 @@ def _section(path: Path, name: str, slug: str, result: Result, out: Path, show_s
             while stem in stems:
                 stem, i = f"{slug}-{p.name}-{i}", i + 1
             stems.add(stem)
-            files += [_atomic_write_bytes(out / "figures" / f"{stem}.png", png),
+            files += [atomic_write_bytes(out / "figures" / f"{stem}.png", png),
                       atomic_write_text(out / "figures" / f"{stem}.svg", svg)]
             width, height = struct.unpack(">II", png[16:24])  # the PNG IHDR chunk
             figures.append({
