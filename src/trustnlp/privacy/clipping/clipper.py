@@ -22,6 +22,14 @@ Optimization on Large Model at Small Cost") gets it from ONE backward pass:
 
 ``mode="ghost"`` instead runs a second backward of ``Σ_i c_i L_i`` (ghost clipping, Li et al. 2022).
 
+*Capture mode* (:meth:`PerSampleClipper.capture`, used by :mod:`trustnlp.privacy.engine` for plain
+PyTorch loops) skips step 2: a pre-hook on each recorded output's autograd node keeps the output
+gradient during the caller's own ``loss.backward()`` of a *reduced* loss, and when that backward
+ends (an autograd engine callback) steps 3-6 run on the records that received a gradient, with the
+clipped sums added to :attr:`PerSampleClipper.clipped_sums` instead of ``p.grad`` (which autograd
+fills with the unclipped gradient; the caller overwrites it). For a mean-reduced loss the output
+gradients are ``(1/B) ∂L_i/∂y_i`` and are rescaled by the batch size ``B``.
+
 Example:
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
@@ -33,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,6 +84,9 @@ class _Record:
     call: Call
     edges: list[GradientEdge | None]
     versions: list[tuple[Tensor, int]]
+    captured: bool = False  # capture mode: an output gradient arrived (in the current backward)
+    dropped: bool = False  # cleared (e.g. by zero_grad) before its backward
+    done: bool = False  # capture mode: already clipped
 
 
 def _positive(name: str, value: Any) -> float:
@@ -139,6 +151,14 @@ class PerSampleClipper:
         self._batchnorm_train: dict[str, str] = {}
         self._recording = False
         self._report: dict[str, str] = {}
+        # capture mode (see `capture`)
+        self._capturing = False
+        self._loss_reduction = "mean"
+        self._task = -2  # id of the autograd graph task whose end is already queued
+        self._touched: set[int] = set()
+        self.clipped_sums: dict[int, Tensor] = {}
+        self.captured_examples = 0
+        self.last_stats: ClipStats | None = None
 
     # -- hooks ---------------------------------------------------------------------------------------
     def attach(self) -> PerSampleClipper:
@@ -157,15 +177,19 @@ class PerSampleClipper:
         return self
 
     def detach(self) -> None:
-        """Remove the hooks and drop recorded activations."""
+        """Remove the hooks and drop recorded activations (and, in capture mode, the clipped sums)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self.clear()
-        self._recording = False
+        self._recording = self._capturing = False
+        self.take_clipped_sums()
 
     def clear(self) -> None:
         """Drop recorded activations (e.g. after a forward that will not be back-propagated)."""
+        for recs in self._records.values():
+            for r in recs:
+                r.dropped = True
         self._records = {}
         self._batchnorm_train = {}
 
@@ -191,7 +215,13 @@ class PerSampleClipper:
         a, kw = rebuild(leaves)
         versions = [(x, x._version) for x in leaves if isinstance(x, Tensor)]
         call = Call(tuple(a), dict(kw), [o.detach() for o in outs])
-        self._records.setdefault(module, []).append(_Record(call, edges, versions))
+        rec = _Record(call, edges, versions)
+        self._records.setdefault(module, []).append(rec)
+        if self._capturing:
+            call.grads = [None] * len(outs)  # type: ignore[list-item]  # filled by the node pre-hooks
+            for j, e in enumerate(edges):
+                if e is not None:
+                    e.node.register_prehook(functools.partial(self._output_grad, module, rec, j, e.output_nr))
 
     @staticmethod
     def _rule(module: nn.Module) -> Rule:
@@ -249,14 +279,11 @@ class PerSampleClipper:
             raise ConfigError(
                 expected("per_example_loss", "a 1-D tensor [B] of per-example losses that requires grad", got)
             )
+        if self._capturing:
+            raise ConfigError("This clipper is in capture mode: call `loss.backward()` on the reduced loss instead.")
         records, bn = self._records, self._batchnorm_train
         self.clear()
-        if bn:
-            path, kind = next(iter(bn.items()))
-            raise PrivacyError(
-                f"Module `{path}` ({kind}) ran in training mode: batch normalisation mixes the examples of a batch, "
-                "so per-example gradients are undefined; use LayerNorm/GroupNorm or put it in eval mode."
-            )
+        _refuse_batchnorm(bn)
         if not records:
             raise PrivacyError(
                 "No forward pass was recorded: run the model's forward after `attach()` with gradients enabled."
@@ -277,6 +304,20 @@ class PerSampleClipper:
                 f"Trainable parameters of module(s) {idle} got no recorded forward call: freeze them "
                 "(requires_grad=False) or run them inside their own module's forward."
             )
+        self._check_versions(records)
+        edges = [e for recs in records.values() for r in recs for e in r.edges if e is not None]
+        grads = iter(torch.autograd.grad(loss.sum(), edges, allow_unused=True, retain_graph=self.mode == "ghost"))
+        for recs in records.values():
+            for r in recs:
+                got = [next(grads) if e is not None else None for e in r.edges]
+                r.call.grads = [torch.zeros_like(o) if g is None else g for g, o in zip(got, r.call.outputs)]
+        stats = self._clip(records, b, accumulate=self.mode != "ghost")
+        if self.mode == "ghost":
+            assert isinstance(stats.factors, Tensor)
+            (stats.factors.to(loss.dtype) * loss).sum().backward()
+        return stats
+
+    def _check_versions(self, records: dict[nn.Module, list[_Record]]) -> None:
         for m, recs in records.items():
             for rec in recs:
                 if any(t._version != v for t, v in rec.versions):
@@ -284,13 +325,23 @@ class PerSampleClipper:
                         f"An input of module `{self._names[m]}` ({type(m).__name__}) was modified in place after its "
                         "forward; per-example gradients would be wrong."
                     )
-        edges = [e for recs in records.values() for r in recs for e in r.edges if e is not None]
-        grads = iter(torch.autograd.grad(loss.sum(), edges, allow_unused=True, retain_graph=self.mode == "ghost"))
-        for recs in records.values():
-            for r in recs:
-                got = [next(grads) if e is not None else None for e in r.edges]
-                r.call.grads = [torch.zeros_like(o) if g is None else g for g, o in zip(got, r.call.outputs)]
 
+    def _clip(
+        self,
+        records: dict[nn.Module, list[_Record]],
+        b: int,
+        *,
+        scale: float = 1.0,
+        sink: dict[int, Tensor] | None = None,
+        accumulate: bool = True,
+    ) -> ClipStats:
+        """Steps 3-6 on records whose ``call.grads`` are set, for a batch of ``b`` examples.
+
+        ``scale``: the output gradients are ``1/scale`` times the per-example ones (a mean-reduced
+        loss: ``scale = b``); norms and sums are corrected, nothing is copied. ``sink``: where the
+        clipped sums are added (``id(param) -> tensor``; default ``p.grad``).
+        """
+        groups = self._groups()
         per_param: dict[int, list[PerExampleGrad]] = {}
         per_module: list[tuple[nn.Module, Rule, dict[str, nn.Parameter]]] = []
         for m, recs in records.items():
@@ -310,6 +361,8 @@ class PerSampleClipper:
         for pid, contributions in merged.items():
             g = groups[pid][1]
             sq = squared_norm(contributions).clamp_min(0)
+            if scale != 1.0:
+                sq = sq * (scale * scale)
             group_sq[g] = group_sq[g] + sq if g in group_sq else sq
         layer_norms = {g: v.sqrt().detach() for g, v in group_sq.items()}
         norms = torch.stack(list(group_sq.values())).sum(0).sqrt().detach()
@@ -323,18 +376,144 @@ class PerSampleClipper:
         else:
             factors = (float(self.max_grad_norm) / (norms + _EPS)).clamp(max=1.0)  # type: ignore[arg-type]
 
-        if self.mode == "ghost":
-            assert isinstance(factors, Tensor)
-            (factors.to(loss.dtype) * loss).sum().backward()
-        else:
+        if accumulate:
             with torch.no_grad():
                 for pid, contributions in merged.items():
                     p, g = groups[pid]
                     c = factors[g] if isinstance(factors, dict) else factors
+                    if scale != 1.0:
+                        c = c * scale
+                    out = p.grad if sink is None else sink.get(pid)
                     rest = contributions
-                    if p.grad is None:
-                        p.grad = contributions[0].weighted_sum(c).to(p.dtype).contiguous()
+                    if out is None:
+                        out = contributions[0].weighted_sum(c).to(p.dtype).contiguous()
                         rest = contributions[1:]
+                        if sink is None:
+                            p.grad = out
+                        else:
+                            sink[pid] = out
                     for contribution in rest:
-                        contribution.add_weighted_sum(c, p.grad)
+                        contribution.add_weighted_sum(c, out)
         return ClipStats(norms=norms, factors=factors, layer_norms=layer_norms)
+
+    # -- capture mode: clipping inside the caller's own backward -------------------------------------
+    def capture(self, *, loss_reduction: str = "mean") -> PerSampleClipper:
+        """Attach in capture mode, for a plain ``loss.backward()`` of a reduced loss; returns ``self``.
+
+        Every recorded output's autograd node gets a pre-hook keeping its gradient, and every
+        trainable parameter a hook noting that it got one. When a backward ends, the records that
+        received a gradient are one physical batch of ``B`` examples (``B``: the first dimension of
+        the first recorded call's first tensor input; the rules check every other layer against
+        it): ``loss_reduction="mean"`` rescales their gradients by ``B``, per-example norms and
+        clip factors follow the rules as in :meth:`backward`, and the clipped sums are ADDED to
+        :attr:`clipped_sums` (``id(param) -> tensor``, so physical batches accumulate; collect them
+        with :meth:`take_clipped_sums`). ``p.grad`` is left to autograd: it holds the UNCLIPPED
+        gradient, which the caller must overwrite. Records without a gradient stay pending (a
+        later backward may reach them) until :meth:`clear`. Only ``mode="bk"``.
+
+        Raises (from ``loss.backward()``):
+            PrivacyError: as :meth:`backward`; also a trainable parameter that got a gradient but
+                not through a recorded call of its module (used outside its module's forward), a
+                record reached by a second backward (``retain_graph=True``) or after :meth:`clear`.
+        """
+        if loss_reduction not in ("mean", "sum"):
+            raise ConfigError(expected("loss_reduction", "one of ['mean', 'sum']", loss_reduction))
+        if self.mode != "bk":
+            raise ConfigError(expected("mode", "'bk' in capture mode", self.mode))
+        self.attach()
+        self._capturing, self._loss_reduction = True, loss_reduction
+        for pid, (p, _) in self._groups().items():
+            self._handles.append(p.register_hook(functools.partial(self._param_grad, pid)))
+        return self
+
+    def take_clipped_sums(self) -> dict[int, Tensor]:
+        """The clipped sums captured since the last call (``id(param) -> Σ_i clip(g_i)``), then reset."""
+        sums, self.clipped_sums, self.captured_examples = self.clipped_sums, {}, 0
+        return sums
+
+    def _queue_backward_end(self) -> None:
+        task = torch._C._current_graph_task_id()
+        if task != self._task:  # once per backward: graph task ids are unique
+            self._task = task
+            torch.autograd.Variable._execution_engine.queue_callback(self._backward_ended)
+
+    def _param_grad(self, pid: int, grad: Tensor) -> None:
+        if self._capturing:
+            self._touched.add(pid)
+            self._queue_backward_end()
+
+    def _output_grad(self, module: nn.Module, rec: _Record, j: int, nr: int, grad_outputs: Any) -> None:
+        if not self._capturing or grad_outputs[nr] is None:
+            return
+        where = f"module `{self._names[module]}` ({type(module).__name__})"
+        if rec.dropped:
+            raise PrivacyError(
+                f"A backward reached the output of {where} from a forward recorded before the captured state was "
+                "cleared (optimizer.zero_grad()?): call zero_grad() before the forward pass."
+            )
+        if rec.done or rec.call.grads[j] is not None:
+            raise PrivacyError(
+                f"The output of {where} got gradients from two backward passes (retain_graph=True?): per-example "
+                "clipping needs the whole loss of a forward in one backward; sum the losses and call backward once."
+            )
+        g = grad_outputs[nr]
+        rec.call.grads[j] = g.clone() if type(rec.edges[j].node).__name__ == "AccumulateGrad" else g  # type: ignore[union-attr]
+        rec.captured = True
+        self._queue_backward_end()
+
+    def _backward_ended(self) -> None:
+        taken = {m: [r for r in recs if r.captured] for m, recs in self._records.items()}
+        taken = {m: recs for m, recs in taken.items() if recs}
+        self._records = {m: rest for m, recs in self._records.items() if (rest := [r for r in recs if not r.captured])}
+        touched, self._touched = self._touched, set()
+        bn, self._batchnorm_train = self._batchnorm_train, {}
+        for recs in taken.values():
+            for r in recs:
+                r.done = True
+        _refuse_batchnorm(bn)
+        b = self._batch_size(taken) if taken else None
+        if b == 0:  # an empty batch: nothing to clip
+            return
+        groups = self._groups()
+        ran = {id(p) for m in taken for p in _trainable(m).values()}
+        outside = sorted({groups[pid][1] for pid in touched - ran if pid in groups})
+        if outside:
+            raise PrivacyError(
+                f"Trainable parameters of module(s) {outside} got gradients but not through a recorded forward call "
+                "of their module (used outside its forward, e.g. a tied weight in F.linear, or a forward run before "
+                "the hooks were attached?): their per-example gradients are unknown; call the module itself, or "
+                "freeze them (requires_grad=False)."
+            )
+        if b is None:
+            return
+        self._check_versions(taken)
+        for recs in taken.values():
+            for r in recs:
+                r.call.grads = [torch.zeros_like(o) if g is None else g for g, o in zip(r.call.grads, r.call.outputs)]
+        scale = float(b) if self._loss_reduction == "mean" else 1.0
+        self._recording, was = False, self._recording  # the fallback re-runs modules: record nothing
+        try:
+            self.last_stats = self._clip(taken, b, scale=scale, sink=self.clipped_sums)
+        finally:
+            self._recording = was
+        self.captured_examples += b
+
+    def _batch_size(self, records: dict[nn.Module, list[_Record]]) -> int:
+        """The first dimension (second for a sequence-first RNN) of the first recorded call's first tensor input."""
+        module, recs = next(iter(records.items()))
+        call = recs[0].call
+        tensors = [t for t in flatten((call.args, call.kwargs))[0] if isinstance(t, Tensor) and t.dim() > 0]
+        tensors = tensors or [o for o in call.outputs if o.dim() > 0]
+        if not tensors:
+            raise PrivacyError(f"Module `{self._names[module]}` got no batched tensor input: the batch size is unknown.")
+        dim = 1 if isinstance(module, nn.RNNBase) and not module.batch_first and tensors[0].dim() > 1 else 0
+        return int(tensors[0].shape[dim])
+
+
+def _refuse_batchnorm(bn: dict[str, str]) -> None:
+    if bn:
+        path, kind = next(iter(bn.items()))
+        raise PrivacyError(
+            f"Module `{path}` ({kind}) ran in training mode: batch normalisation mixes the examples of a batch, "
+            "so per-example gradients are undefined; use LayerNorm/GroupNorm or put it in eval mode."
+        )
