@@ -60,8 +60,11 @@ def test_evaluate_and_predict_saved_model(trained, tmp_path):
 
 def test_report_renders_results(trained, tmp_path):
     cli("report", str(trained), "--out", str(tmp_path / "rep"))
+    from trustnlp.report.render import format_value
+
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "<img" in html and "test_accuracy" in html.replace("test accuracy", "test_accuracy")
+    acc = read_result(trained / "results.json").metrics["test_accuracy"]
+    assert "<img" in html and f">{format_value(acc)}<" in html  # the headline number, as the results file says
 
 
 def test_bad_input_is_one_clear_error(tmp_path):

@@ -82,7 +82,7 @@ def test_private_run_end_to_end_accounts_and_redacts(tmp_path):
     res = run_train(_dp_config(), tmp_path / "run", progress=False)
     m = res.metrics
     assert m["private"] is True and m["privacy_unit"] == "example" and m["accountant"] == "rdp"
-    assert 0.99 * 4.0 * 0.9 <= m["epsilon"] <= 4.0
+    assert 0.99 * 4.0 <= m["epsilon"] <= 4.0  # calibrated for exactly the planned steps
     # epsilon equals a direct dp-accounting computation for the steps actually taken
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(m["sampling_rate"], dp_accounting.GaussianDpEvent(m["noise_multiplier"])),
