@@ -184,7 +184,10 @@ def peak_rss_mib() -> float:
 
 
 def time_mode(mode: str, wl: Workload, *, steps: int, warmup: int, seed: int) -> dict[str, Any]:
+    from trustnlp.runtime import allocator_settings, tune_allocator
+
     torch.set_num_threads(2)
+    tune_allocator()  # every mode, as trustnlp.train.fit does for every run (TRUSTNLP_TUNE_MALLOC=0: off)
     model = build(wl, seed)
     model.train()
     n_batches = max(1, min(steps + warmup, 3))
@@ -193,16 +196,20 @@ def time_mode(mode: str, wl: Workload, *, steps: int, warmup: int, seed: int) ->
                            seed=seed)
     zero()
     times = []
+    faults0 = 0
     for i in range(warmup + steps):
+        if i == warmup:
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         j = i % n_batches
         batch = _slice(data, j * wl.logical, (j + 1) * wl.logical)
         t0 = time.perf_counter()
         step(batch)
         zero()
         times.append(time.perf_counter() - t0)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / max(1, steps)
     return {"mode": mode, "workload": wl.key, "warmup_s": times[:warmup], "times_s": times[warmup:],
             "params": sum(p.numel() for p in trainable(model)), "peak_rss_mib": peak_rss_mib(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "allocator": allocator_settings(), "minor_faults_per_step": faults}
 
 
 # -- sigma = 0 gradient check ---------------------------------------------------------------------

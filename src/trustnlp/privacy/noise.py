@@ -24,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -38,6 +40,21 @@ Shape = int | Sequence[int] | torch.Size
 State = dict[str, torch.Tensor | int | str]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# TorchNoise splits draws of at least _SPLIT_MIN values into _STREAMS parallel streams (fixed, so the
+# numbers do not depend on the machine's thread count).
+_SPLIT_MIN = 1 << 16
+_STREAMS = 2
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=_STREAMS - 1, thread_name_prefix="trustnlp-noise")
+        return _POOL
 
 
 def _check_std(std: float) -> float:
@@ -115,7 +132,11 @@ class NoiseSource(ABC):
             return
         with torch.no_grad():
             for t in tensors:
-                t.add_(self.normal(t.shape, std=std, dtype=t.dtype, device=t.device))
+                self._add_to(t, std)
+
+    def _add_to(self, t: torch.Tensor, std: float) -> None:
+        """``t += N(0, std²)`` (``std > 0``); sources with a faster in-place path override this."""
+        t.add_(self.normal(t.shape, std=std, dtype=t.dtype, device=t.device))
 
     @abstractmethod
     def _standard_normal(self, n: int, *, std: float, dtype: torch.dtype) -> torch.Tensor:
@@ -156,16 +177,55 @@ class TorchNoise(NoiseSource):
 
     secure = False
     kind = "torch"
-    algorithm = "torch.Generator (mt19937) randn"
+    algorithm = "torch.Generator (mt19937) normal_; draws of >= 65536 values in 2 streams seeded from it"
 
     def __init__(self, seed: int) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(expected("seed", "a non-negative int", seed))
         self.seed = seed
         self._gen = torch.Generator(device="cpu").manual_seed(_derive_seed("noise", seed))
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}
+
+    def _fill(self, out: torch.Tensor, std: float) -> None:
+        """Fill the flat CPU tensor ``out`` with ``N(0, std²)`` draws.
+
+        A draw of at least ``_SPLIT_MIN`` values is cut into ``_STREAMS`` contiguous parts, each
+        from its own generator seeded by the main one, and the parts are drawn on parallel threads
+        (``torch``'s Gaussian kernel is single-threaded: 1.3M values take ~4 ms on one core). The
+        split is fixed, so the numbers do not depend on how many threads there are.
+        """
+        n = out.numel()
+        if n < _SPLIT_MIN:
+            out.normal_(0.0, std, generator=self._gen)
+            return
+        seeds = torch.randint(0, 2**62, (_STREAMS,), generator=self._gen).tolist()
+        parts = out.tensor_split(_STREAMS)
+        gens = [torch.Generator(device="cpu").manual_seed(int(sd)) for sd in seeds]
+        if torch.get_num_threads() < 2:
+            for part, gen in zip(parts, gens, strict=True):
+                part.normal_(0.0, std, generator=gen)
+            return
+        futures = [_pool().submit(part.normal_, 0.0, std, generator=gen) for part, gen in zip(parts[1:], gens[1:], strict=True)]
+        parts[0].normal_(0.0, std, generator=gens[0])
+        for f in futures:
+            f.result()
 
     def _standard_normal(self, n: int, *, std: float, dtype: torch.dtype) -> torch.Tensor:
-        return torch.randn(n, generator=self._gen, dtype=dtype).mul_(std)
+        out = torch.empty(n, dtype=dtype)
+        self._fill(out, std)
+        return out
+
+    def _add_to(self, t: torch.Tensor, std: float) -> None:
+        if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous():
+            super()._add_to(t, std)
+            return
+        n = t.numel()
+        buf = self._scratch.get(t.dtype)
+        if buf is None or buf.numel() < n:  # reused across steps: no fresh pages to fault in per step
+            buf = self._scratch[t.dtype] = torch.empty(n, dtype=t.dtype)
+        part = buf[:n]
+        self._fill(part, std)
+        t.view(-1).add_(part)
 
     def state_dict(self) -> State:
         return {"kind": self.kind, "seed": self.seed, "generator": self._gen.get_state()}

@@ -176,9 +176,34 @@ class Rows(PerExampleGrad):
         return self._agg
 
     def sq_norm(self) -> Tensor:
-        uniq, rows, keep = self.aggregate()
-        sq = torch.linalg.vector_norm(rows, dim=1).square() * keep
-        return self.g.new_zeros(self.ids.shape[0]).index_add_(0, uniq // self.shape[0], sq)
+        """``‖G_i‖² = Σ_u ‖Σ_{t: id_it = u} g_it‖²`` without a global sort of the batch's rows.
+
+        Positions whose id occurs once in their example contribute ``‖g_it‖²`` directly; only the
+        positions of ids repeated within an example (found by a per-example sort) are summed per
+        ``(example, id)`` first. No ``[B, V, d]`` tensor, no pass over distinct rows of the batch.
+        """
+        b, t = self.ids.shape
+        ids = self.ids.long()
+        sq = torch.linalg.vector_norm(self.g, dim=2).square()  # [B, T]
+        keep = None if self.padding_idx is None else ids != self.padding_idx
+        s, perm = ids.sort(dim=1)
+        eq = s[:, 1:] == s[:, :-1]
+        if self.padding_idx is not None:
+            eq &= s[:, 1:] != self.padding_idx
+        if not bool(eq.any()):
+            return (sq if keep is None else sq * keep).sum(1)
+        member = torch.zeros_like(s, dtype=torch.bool)
+        member[:, 1:] |= eq
+        member[:, :-1] |= eq
+        single = ~torch.zeros_like(member).scatter_(1, perm, member)  # original order
+        if keep is not None:
+            single &= keep
+        total = (sq * single).sum(1)
+        bi, ti = member.nonzero(as_tuple=True)  # example-major, ids ascending within an example
+        keys = bi * self.shape[0] + s[bi, ti]
+        uniq, inverse = torch.unique_consecutive(keys, return_inverse=True)
+        rows = self.g.new_zeros(uniq.shape[0], self.shape[1]).index_add_(0, inverse, self.g[bi, perm[bi, ti]])
+        return total.index_add_(0, uniq // self.shape[0], torch.linalg.vector_norm(rows, dim=1).square())
 
     def dense(self) -> Tensor:
         uniq, rows, keep = self.aggregate()
@@ -191,10 +216,16 @@ class Rows(PerExampleGrad):
         return out
 
     def add_weighted_sum(self, c: Tensor, out: Tensor) -> None:
-        uniq, rows, keep = self.aggregate()
-        w = c.to(rows.dtype)[uniq // self.shape[0]] * keep
-        self._agg = None  # the summed rows are scaled in place below (saves a [U, d] buffer)
-        out.index_add_(0, uniq % self.shape[0], rows.mul_(w[:, None]).to(out.dtype))
+        """``out += Σ_i c_i G_i``: every position's row scaled by its example's factor and added to
+        the table (padding positions weighted 0), as an ordinary embedding backward would.
+        (Never in place: autograd may hand the same gradient tensor to several layers, e.g. summed
+        word and position embeddings.)"""
+        b, t = self.ids.shape
+        w = c.to(self.g.dtype)[:, None].expand(b, t)
+        if self.padding_idx is not None:
+            w = w * (self.ids != self.padding_idx)
+        scaled = (self.g * w[..., None]).reshape(b * t, self.shape[1])
+        out.index_add_(0, self.ids.reshape(-1).long(), scaled.to(out.dtype))
 
 
 def _dot_outer_outer(a: Outer, b: Outer) -> Tensor:
