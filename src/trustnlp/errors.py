@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "MissingDependencyError",
     "PrivacyError",
+    "PrivacyBudgetExceeded",
     "expected",
 ]
 
@@ -32,6 +33,10 @@ class ConfigError(TrustNLPError, ValueError):
 
 class PrivacyError(TrustNLPError, ValueError):
     """A request would break a privacy guarantee (e.g. a vocabulary built from private data)."""
+
+
+class PrivacyBudgetExceeded(PrivacyError):
+    """A private step would bring epsilon above the run's budget; it was refused before any update."""
 
 
 class MissingDependencyError(TrustNLPError, ImportError):

@@ -18,9 +18,10 @@ from test_clipping_reference import group_columns, loop_grads, split, trainable_
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trustnlp.errors import ConfigError, PrivacyError
+from trustnlp.errors import ConfigError, PrivacyBudgetExceeded, PrivacyError
 from trustnlp.models import build_model
 from trustnlp.privacy.accounting import compute_epsilon, default_delta
+from trustnlp.privacy.distributed import DistributedDPDataLoader
 from trustnlp.privacy.engine import PrivacyEngine
 from trustnlp.privacy.optimizer import BatchMemoryManager, DPOptimizer
 from trustnlp.privacy.sampling import DPDataLoader
@@ -309,6 +310,70 @@ def test_make_private_with_epsilon_calibrates_to_target(accountant):
     assert engine.get_epsilon() == pytest.approx(eps, rel=1e-9)
 
 
+# -- the budget guard ------------------------------------------------------------------------------
+def _steps_within(target: float, sigma: float, q: float, delta: float, accountant: str) -> int:
+    """The largest k with epsilon(k steps) <= target, by direct dp-accounting evaluations (k = 1, 2, ...)."""
+    k = 0
+    while compute_epsilon(noise_multiplier=sigma, sampling_rate=q, steps=k + 1, delta=delta, accountant=accountant) <= target:
+        k += 1
+    return k
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_make_private_with_epsilon_stops_before_exceeding_the_target(accountant):
+    model, data = _build("mlp")
+    engine = PrivacyEngine(accountant=accountant, seed=0)
+    model, opt, loader = engine.make_private_with_epsilon(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=DataLoader(data, batch_size=4),
+        target_epsilon=2.0, epochs=2, max_grad_norm=1.0)
+    allowed = _steps_within(2.0, opt.noise_multiplier, 0.25, engine.target_delta, accountant)
+    assert allowed >= engine.planned_steps == 8
+    batches = (batch for _ in range(allowed) for batch in loader)  # epoch after epoch
+    for _, batch in zip(range(allowed), batches):
+        opt.zero_grad()
+        _loss(model, batch).backward()
+        opt.step()
+    before = _flat(model)
+    opt.zero_grad()
+    _loss(model, [t[:4] for t in data.tensors]).backward()
+    with pytest.raises(PrivacyBudgetExceeded, match=rf"would bring epsilon to \S+ > target_epsilon=2.0 .* {allowed} steps taken"):
+        opt.step()
+    assert torch.equal(_flat(model), before) and opt.steps == engine.ledger.total_count == allowed
+    assert engine.get_epsilon() <= 2.0 < compute_epsilon(noise_multiplier=opt.noise_multiplier, sampling_rate=0.25,
+                                                         steps=allowed + 1, delta=engine.target_delta, accountant=accountant)
+    assert issubclass(PrivacyBudgetExceeded, PrivacyError)
+
+
+def test_make_private_max_epsilon_guards_logical_steps_only():
+    sigma, q, delta = 1.0, 0.25, 1e-5
+    eps = [compute_epsilon(noise_multiplier=sigma, sampling_rate=q, steps=k, delta=delta) for k in (3, 4)]
+    budget = 0.5 * (eps[0] + eps[1])  # 3 steps fit, 4 do not
+    assert _steps_within(budget, sigma, q, delta, "rdp") == 3
+    _, model, opt, loader, engine = _private("mlp", sigma=sigma, C=1.0, batch_size=4, max_epsilon=budget,
+                                             target_delta=delta)
+    assert engine.target_epsilon == budget and engine.target_delta == delta
+    physical = 0
+    with BatchMemoryManager(loader, 1, opt) as batches, pytest.raises(PrivacyBudgetExceeded):
+        for batch in batches:  # skipped (accumulating) steps do not consult the guard
+            physical += 1
+            opt.zero_grad()
+            _loss(model, batch).backward()
+            opt.step()
+    assert opt.steps == 3 and physical > 4 and engine.get_epsilon() <= budget
+    # without a budget nothing stops
+    _, model, opt, loader, engine = _private("mlp", sigma=sigma, C=1.0, batch_size=4)
+    for _batch in loader:
+        opt.step()
+    assert opt.budget is None and opt.steps == 4
+
+
+def test_max_epsilon_with_default_delta_and_zero_noise():
+    _, _, opt, _, engine = _private("mlp", sigma=0.0, C=1.0, max_epsilon=5.0)
+    assert engine.target_delta == default_delta(N)
+    with pytest.raises(PrivacyBudgetExceeded, match="epsilon to inf"):  # sigma = 0: no step fits any budget
+        opt.step()
+
+
 # -- the optimizer wrapper --------------------------------------------------------------------------
 def test_dp_optimizer_delegates_state_and_works_with_lr_schedulers():
     _, model, opt, loader, _ = _private("mlp", sigma=0.1, C=1.0)
@@ -352,6 +417,11 @@ def _make(model=None, **kw):
         ({"optimizer": "sgd"}, "Expected `optimizer` to be a torch.optim.Optimizer"),
         ({"data_loader": [1, 2]}, "Expected `data_loader` to be a torch.utils.data.DataLoader"),
         ({"sampling_rate": 1.5}, "Expected `sampling_rate` to be in (0, 1], but got 1.5."),
+        ({"max_epsilon": -1.0}, "Expected `max_epsilon` to be a finite number > 0, but got -1.0."),
+        ({"max_epsilon": 1.0, "target_delta": 1.0}, "Expected `target_delta` to be in (0, 1), but got 1.0."),
+        ({"module": nn.DataParallel(_mlp())}, "Expected `module` to be a plain module or a DistributedDataParallel"),
+        ({"data_loader": DistributedDPDataLoader(_dense_data(), sampling_rate=0.5, seed=0, rank=0, world_size=2)},
+         "Expected `data_loader` to be a single-process loader, but got a DistributedDPDataLoader"),
     ],
 )
 def test_invalid_arguments_are_refused_and_leave_no_hooks(kw, message):

@@ -16,6 +16,12 @@ loss's reduction (``mean`` or ``sum``): it is always the DP-SGD estimate of the 
 Several physical batches make one logical batch by calling ``backward`` on each and ``step`` once
 (gradient accumulation), or with :class:`BatchMemoryManager`, which splits each logical batch of a
 loader and makes ``step`` skip (keep accumulating) until the logical batch's last physical batch.
+
+Two options of the engine: a :class:`~trustnlp.privacy.budget.BudgetGuard` asked before every real
+(non-skipped) step, which raises :class:`~trustnlp.errors.PrivacyBudgetExceeded` instead of taking a
+step that would exceed the budget (nothing is updated, noised or recorded); and, under DDP, a
+:class:`~trustnlp.privacy.distributed.NoisyAllReduce` that adds the noise once (rank 0) and sums the
+ranks' clipped sums before the normalisation (:mod:`trustnlp.privacy.distributed`).
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from trustnlp.errors import ConfigError, expected
+from trustnlp.errors import ConfigError, PrivacyBudgetExceeded, PrivacyError, expected
 from trustnlp.privacy.accounting import PrivacyLedger, _check_rate, _check_sigma
+from trustnlp.privacy.budget import BudgetGuard
 from trustnlp.privacy.clipping import PerSampleClipper
+from trustnlp.privacy.distributed import NoisyAllReduce
 from trustnlp.privacy.noise import NoiseSource
 
 __all__ = ["BatchMemoryManager", "DPOptimizer"]
@@ -60,6 +68,8 @@ class DPOptimizer(Optimizer):
         sampling_rate: q in (0, 1], recorded in the ledger with σ at every step.
         noise: the noise source.
         ledger: the privacy ledger.
+        budget: a guard on ``ledger`` asked before every real step (``None``: no budget).
+        all_reduce: under DDP, the noisy sum across ranks (``None``: single process, noise added here).
     """
 
     def __init__(
@@ -72,6 +82,8 @@ class DPOptimizer(Optimizer):
         sampling_rate: float,
         noise: NoiseSource,
         ledger: PrivacyLedger,
+        budget: BudgetGuard | None = None,
+        all_reduce: NoisyAllReduce | None = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer) or isinstance(optimizer, DPOptimizer):
             raise ConfigError(expected("optimizer", "a torch.optim.Optimizer (not already a DPOptimizer)", optimizer))
@@ -87,6 +99,12 @@ class DPOptimizer(Optimizer):
         self.sampling_rate = _check_rate(sampling_rate)
         self.noise = noise
         self.ledger = ledger
+        if budget is not None and (not isinstance(budget, BudgetGuard) or budget.ledger is not ledger):
+            raise ConfigError(expected("budget", "a BudgetGuard on the optimizer's ledger", budget))
+        if all_reduce is not None and not isinstance(all_reduce, NoisyAllReduce):
+            raise ConfigError(expected("all_reduce", "a NoisyAllReduce", all_reduce))
+        self.budget = budget
+        self.all_reduce = all_reduce
         self.steps = 0
         self._skip: deque[bool] = deque()
         self._last_skipped = False
@@ -173,6 +191,10 @@ class DPOptimizer(Optimizer):
         forward and ``backward``). A step skipped by :meth:`signal_skip_step` only keeps the clipped
         sums accumulated and returns without updating. An empty logical batch (nothing captured)
         is a noise-only step.
+
+        Raises:
+            PrivacyBudgetExceeded: with a budget, when this step would bring epsilon above it
+                (checked before anything changes; the captured sums are kept until ``zero_grad``).
         """
         loss = None
         if closure is not None:
@@ -182,6 +204,13 @@ class DPOptimizer(Optimizer):
             self._last_skipped = True
             return loss
         self._last_skipped = False
+        if self.budget is not None:
+            try:
+                self.budget.check()
+            except PrivacyBudgetExceeded:
+                raise
+            except PrivacyError as err:
+                raise PrivacyBudgetExceeded(f"{err} The step was not taken; stop training here.") from err
         self._privatise()
         out = self.original_optimizer.step()
         return loss if closure is not None else out
@@ -195,7 +224,10 @@ class DPOptimizer(Optimizer):
             g = sums.get(id(p))
             p.grad = torch.zeros_like(p) if g is None else g
             grads.append(p.grad)
-        self.noise.add_(grads, std=std)
+        if self.all_reduce is None:
+            self.noise.add_(grads, std=std)
+        else:  # noise once (rank 0), then the sum over ranks: the global clipped sum + noise on every rank
+            self.all_reduce(grads, noise=self.noise, std=std)
         with torch.no_grad():
             for g in grads:
                 g.div_(self.expected_batch_size)
@@ -205,15 +237,22 @@ class DPOptimizer(Optimizer):
 
 class _SplitBatches:
     """A batch sampler cutting each batch of ``batch_sampler`` into chunks of at most ``size`` and
-    telling the optimizer which chunk ends a logical batch (an empty batch is one empty chunk)."""
+    telling the optimizer which chunk ends a logical batch (an empty batch is one empty chunk).
 
-    def __init__(self, batch_sampler: Any, size: int, optimizer: DPOptimizer, expected: float) -> None:
+    With a :class:`~trustnlp.privacy.distributed.DistributedPoissonSampler` (``sampler``), every
+    rank cuts its share into as many chunks as the largest share needs (padding with empty chunks),
+    so all ranks run the same number of forwards per logical batch (DDP's forward may communicate)."""
+
+    def __init__(self, batch_sampler: Any, size: int, optimizer: DPOptimizer, expected: float, sampler: Any = None) -> None:
         self.batch_sampler, self.size, self.optimizer, self.expected = batch_sampler, size, optimizer, expected
+        self.sampler = sampler
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batch_sampler:
+        for batch in self.batch_sampler:  # pulled here, so the sampler's last draw is this batch's
             idx = [int(i) for i in batch]
-            chunks = [idx[s : s + self.size] for s in range(0, len(idx), self.size)] or [[]]
+            largest = getattr(self.sampler, "largest_share", len(idx))
+            count = max(1, math.ceil(max(largest, len(idx)) / self.size))
+            chunks = [idx[k * self.size : (k + 1) * self.size] for k in range(count)]
             for k, chunk in enumerate(chunks):
                 self.optimizer.signal_skip_step(do_skip=k < len(chunks) - 1)
                 yield chunk
@@ -262,7 +301,7 @@ class BatchMemoryManager:
         return DataLoader(
             loader.dataset,
             batch_sampler=_SplitBatches(loader.batch_sampler, self.max_physical_batch_size, self.optimizer,
-                                        float(expected_size)),
+                                        float(expected_size), getattr(loader, "poisson_sampler", None)),
             collate_fn=loader.collate_fn,
             **options,
         )
