@@ -84,12 +84,24 @@ def train(
     epsilon: EpsilonOpt = None,
     delta: Annotated[float | None, typer.Option(help="DP delta (default: below 1/n, documented).")] = None,
     noise_multiplier: Annotated[float | None, typer.Option(help="DP noise multiplier instead of --epsilon.")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="DP per-example clipping threshold C.")] = None,
+    max_grad_norm: Annotated[str | None, typer.Option(help="DP clipping threshold C (a number), or 'estimate' (a "
+                                                  "private quantile of the gradient norms, see --clip-quantile).")] = None,
+    clip_quantile: Annotated[float | None, typer.Option(help="DP with --max-grad-norm estimate: the target quantile "
+                                                        "(default 0.5).")] = None,
+    privacy_unit: Annotated[str | None, typer.Option(help="DP privacy unit: example | user (needs a user_id column).")] = None,
+    max_examples_per_user: Annotated[int | None, typer.Option(help="User-level DP: at most this many examples per "
+                                                                "user.")] = None,
+    noise_schedule: Annotated[str | None, typer.Option(help="DP noise per epoch: constant | exponential:<decay> | "
+                                                       "linear:<end_ratio> (calibrated to --epsilon as a whole).")] = None,
     clipping: Annotated[str | None, typer.Option(help="DP clipping: flat | per-layer | automatic")] = None,
     accountant: Annotated[str | None, typer.Option(help="DP accountant: rdp | pld")] = None,
     secure_noise: Annotated[bool, typer.Option("--secure-noise", help="Cryptographically secure DP noise.")] = False,
-    trainable: Annotated[str | None, typer.Option(help="MiniLM: full | frozen | last-k")] = None,
+    trainable: Annotated[str | None, typer.Option(help="MiniLM: full | frozen | last-k | lora (LoRA adapters; "
+                                                  "needs the hf extra; rank etc. via model_options in --config)")] = None,
     k: Annotated[int | None, typer.Option(help="MiniLM with --trainable last-k: how many layers.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps")] = None,
+    precision: Annotated[str | None, typer.Option(help="32 | bf16 | 16 (fp16, CUDA only): mixed precision "
+                                                  "(autocast; weights stay float32)")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model; write OUT/results.json and OUT/model/ (safetensors + JSON)."""
@@ -101,7 +113,9 @@ def train(
              "max_length": max_length, "include_oos": include_oos or None, "corpus_size": corpus_size,
              "dp": dp or None, "epsilon": epsilon, "delta": delta, "noise_multiplier": noise_multiplier,
              "max_grad_norm": max_grad_norm, "clipping": clipping, "accountant": accountant,
-             "secure_noise": secure_noise or None}
+             "clip_quantile": clip_quantile, "privacy_unit": privacy_unit,
+             "max_examples_per_user": max_examples_per_user, "noise_schedule": noise_schedule,
+             "secure_noise": secure_noise or None, "device": device, "precision": precision}
     ctx = click_context()
     explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
     options = {}
@@ -120,7 +134,8 @@ def train(
     _summary(f"{cfg.model} on {cfg.data} ({cfg.task})", dict(m),
              ["test_accuracy", "test_macro_f1", "test_slot_f1", "test_perplexity", "test_loss", "epochs",
               "seconds_per_epoch", "train_seconds", "num_parameters", "truncated_test", "epsilon", "delta",
-              "noise_multiplier", "sampling_rate", "dp_steps", "stopped_early"])
+              "privacy_unit", "num_users", "noise_multiplier", "max_grad_norm", "sampling_rate", "dp_steps",
+              "stopped_early"])
     console.print(f"Results: {out / 'results.json'}   model: {out / 'model'}")
 
 

@@ -69,15 +69,20 @@ class TrainConfig(DataConfig):
         batch_size: the logical batch size; ``physical_batch_size`` bounds what one forward/backward
             sees (``None`` = the memory guard picks the largest that fits, up to ``batch_size``).
         lr: learning rate (``None`` = the architecture's default: 5e-3 for ``bag``, 1e-3 for the
-            other small models, 5e-5 for pretrained encoders with trainable layers, 1e-3 for frozen
-            ones; see ``trustnlp.train.default_lr``).
+            other small models, 5e-5 for pretrained encoders with trainable layers, 5e-4 for LoRA
+            adapters, 1e-3 for frozen ones; see ``trustnlp.train.default_lr``).
         optimizer / weight_decay / scheduler / warmup_ratio: the optimiser and its schedule.
         max_length: maximum tokens per input (``None`` = the longest training input, capped at
             128). Longer inputs are truncated and counted in the results, never silently.
         eval_every: evaluate on the validation split every this many epochs (0 = only at the end).
         checkpoint_every: steps between checkpoints (0 = only at the end of each epoch).
         model_options: architecture options passed to ``build_model`` (e.g. ``{"trainable":
-            "last-k", "k": 2}`` for MiniLM).
+            "last-k", "k": 2}`` or ``{"trainable": "lora", "lora_r": 8}`` for MiniLM).
+        device: ``auto`` (CUDA if available, else Apple MPS, else CPU), ``cpu``, ``cuda``,
+            ``cuda:N`` or ``mps``; checked when the run starts (see ``trustnlp.devices``).
+        precision: ``32`` (float32), ``bf16`` (bfloat16 autocast; CPU or CUDA) or ``16`` / ``fp16``
+            (float16 autocast with loss scaling; CUDA, not with DP). Parameters, gradients and the
+            optimiser state stay float32 (mixed precision).
         dp: train with DP-SGD (example-level): Poisson sampling with rate ``batch_size / n``,
             per-example clipping to ``max_grad_norm`` (``clipping`` mode), Gaussian noise of std
             ``noise_multiplier * sensitivity`` once per logical step, accounting by ``accountant``.
@@ -85,6 +90,16 @@ class TrainConfig(DataConfig):
             the planned steps unless ``noise_multiplier`` is given. ``delta=None`` = the documented
             default below 1/n (``trustnlp.privacy.accounting.default_delta``).
         secure_noise: draw the noise from a cryptographically secure source (AES-CTR).
+        max_grad_norm: the clipping threshold C, or ``"estimate"``: C is a private estimate of the
+            ``clip_quantile`` quantile of the per-unit gradient norms of the initial model (its
+            privacy cost is in the ledger and in epsilon).
+        privacy_unit: ``example`` or ``user`` (user-level DP: users are Poisson-sampled and each
+            user's summed gradient is clipped; the data needs a ``user_column``, e.g. ``user_id``).
+        max_examples_per_user: user-level DP: keep at most this many examples per user (part of
+            the privacy unit's definition; ``None`` = all).
+        noise_schedule: ``constant``, ``exponential:<decay>`` (epoch ``e`` uses ``σ·decay^e``) or
+            ``linear:<end_ratio>`` (from ``σ`` to ``end_ratio·σ`` at the last epoch); with
+            ``epsilon`` the scale ``σ`` is calibrated for the whole schedule.
     """
 
     task: Task = "classify"
@@ -106,15 +121,22 @@ class TrainConfig(DataConfig):
     grad_clip: float | None = Field(None, gt=0.0)
     model_options: dict[str, Any] = Field(default_factory=dict)
     threads: int | None = Field(None, ge=1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    precision: Literal["32", "bf16", "16"] = "32"
     # -- differential privacy (DP-SGD); see docs/privacy.md --------------------------------------
     dp: bool = False
     epsilon: float | None = Field(None, gt=0.0)
     delta: float | None = Field(None, gt=0.0, lt=1.0)
     noise_multiplier: float | None = Field(None, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    max_grad_norm: float | Literal["estimate"] = 1.0
+    clip_quantile: float = Field(0.5, gt=0.0, lt=1.0)
     clipping: Literal["flat", "per-layer", "automatic"] = "flat"
     accountant: Literal["rdp", "pld"] = "rdp"
     secure_noise: bool = False
+    privacy_unit: Literal["example", "user"] = "example"
+    user_column: str = "user_id"
+    max_examples_per_user: int | None = Field(None, ge=1)
+    noise_schedule: str = Field("constant", pattern=r"^(constant|exponential:[0-9.eE+-]+|linear:[0-9.eE+-]+)$")
 
     @model_validator(mode="after")
     def _dp_options_consistent(self) -> TrainConfig:
@@ -126,6 +148,53 @@ class TrainConfig(DataConfig):
             raise ValueError("private training needs a target `epsilon` (--epsilon) or a `noise_multiplier`")
         if self.dp and self.epsilon is not None and self.noise_multiplier is not None:
             raise ValueError("give either `epsilon` (the noise is calibrated to it) or `noise_multiplier`, not both")
+        changed = {"max_grad_norm": self.max_grad_norm == "estimate", "privacy_unit": self.privacy_unit != "example",
+                   "noise_schedule": self.noise_schedule != "constant"}
+        if not self.dp and any(changed.values()):
+            raise ValueError(f"{[k for k, v in changed.items() if v]} only apply to private training; add `dp: true` (--dp)")
+        if self.max_examples_per_user is not None and self.privacy_unit != "user":
+            raise ValueError("`max_examples_per_user` applies to user-level DP only; add `privacy_unit: user`")
+        if self.clip_quantile != 0.5 and self.max_grad_norm != "estimate":
+            raise ValueError("`clip_quantile` applies to `max_grad_norm: estimate` only")
+        if self.max_grad_norm == "estimate" and self.clipping == "automatic":
+            raise ValueError("automatic clipping has no threshold to estimate; drop `max_grad_norm: estimate`")
+        kind, _, arg = self.noise_schedule.partition(":")
+        if arg:
+            try:
+                value = float(arg)
+            except ValueError:
+                value = float("nan")
+            ok = 0 < value <= 1 if kind == "exponential" else value > 0  # False for nan
+            if not ok:
+                need = "a decay in (0, 1]" if kind == "exponential" else "an end ratio > 0"
+                raise ValueError(f"Expected `noise_schedule` {kind}:<x> to have {need}, but got {arg!r}")
+        return self
+
+    @field_validator("max_grad_norm", mode="before")
+    @classmethod
+    def _clip_norm(cls, v: Any) -> Any:
+        if v == "estimate":
+            return v
+        try:
+            c = float(v)
+        except (TypeError, ValueError):
+            c = float("nan")
+        if isinstance(v, bool) or not c > 0 or c == float("inf"):
+            raise ValueError("must be a number > 0 or 'estimate'")
+        return c
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):  # YAML `precision: 32`
+            return str(v)
+        return "16" if v == "fp16" else v
+
+    @model_validator(mode="after")
+    def _precision_with_dp(self) -> TrainConfig:
+        if self.dp and self.precision == "16":
+            raise ValueError("float16 (`precision: 16`) needs loss scaling, which cannot wrap DP-SGD's per-example "
+                             "clipping; use `precision: bf16` (--precision bf16) for private training")
         return self
 
     @field_validator("model")

@@ -116,9 +116,12 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def run_train(config: TrainConfig, out: str | Path, *, progress: bool = True, stop_after_steps: int | None = None) -> Result:
     """Train one model as ``config`` says; write ``out/results.json`` and ``out/model/``."""
+    from trustnlp.devices import DeviceModel, autocast_dtype, resolve_device
     from trustnlp.models.io import save_model
 
     out = Path(out)
+    device = resolve_device(config.device)  # fail before loading anything
+    autocast_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % (2**32))
     t_load = time.perf_counter()
@@ -141,23 +144,29 @@ def run_train(config: TrainConfig, out: str | Path, *, progress: bool = True, st
         max_length = min(MAX_LENGTH_CAP, task.longest(splits.train, tokenizer))
     encoded = {name: task.encode(ds, tokenizer, max_length=max_length) for name, ds in splits.items()}
     load_seconds = time.perf_counter() - t_load
-    model = _build(config, tokenizer, splits.train)
+    model = _build(config, tokenizer, splits.train).to(device)
     plan = None
     extra_fit: dict[str, Any] = {}
+    train_data = encoded["train"]
     if private:
         from trustnlp.privacy.training import plan_private_training
 
-        plan = plan_private_training(config, model, num_examples=len(splits.train))
+        plan = plan_private_training(config, model, num_examples=len(splits.train), data=train_data,
+                                     dataset=splits.train)
+        if plan.train_data is not None:  # user-level DP: batches also carry each example's user
+            train_data = plan.train_data
         extra_fit = {"step_fn": plan.step, "sampler": plan.sampler}
     fitted: FitResult = fit(
-        model, task, encoded["train"], config=config, validation=encoded.get("validation"),
+        model, task, train_data, config=config, validation=encoded.get("validation"),
         checkpoint_dir=out, progress=progress, stop_after_steps=stop_after_steps, **extra_fit,
     )
     metrics: dict[str, Any] = {}
     if not fitted.extra.get("interrupted"):
-        metrics.update(_prefixed("test", task.evaluate(model, encoded["test"])))
+        runner = DeviceModel(model, device=device, precision=config.precision)
+        metrics.update(_prefixed("test", task.evaluate(runner, encoded["test"])))
         if "validation" in encoded:
-            metrics.update(_prefixed("val", task.evaluate(model, encoded["validation"])))
+            metrics.update(_prefixed("val", task.evaluate(runner, encoded["validation"])))
+    model.to("cpu")
     total, trainable = _count(model)
     metrics.update({
         "train_seconds": fitted.train_seconds,
@@ -202,7 +211,7 @@ def run_train(config: TrainConfig, out: str | Path, *, progress: bool = True, st
         artifacts["model"] = "model"
     result = Result(
         kind="train",
-        config={**config.model_dump(), "resolved_lr": fitted.extra.get("lr")},
+        config={**config.model_dump(), "resolved_lr": fitted.extra.get("lr"), "resolved_device": str(device)},
         seed=config.seed,
         data=splits.meta.to_dict(),
         metrics=metrics,
@@ -215,10 +224,13 @@ def run_train(config: TrainConfig, out: str | Path, *, progress: bool = True, st
 
 
 def run_evaluate(model_dir: str | Path, data: DataConfig, out: str | Path | None = None, *, seed: int = 0,
-                 split: str = "test") -> Result:
-    """Evaluate a saved model on a split of a data set; write ``out/results.json`` when ``out`` is given."""
+                 split: str = "test", device: str = "auto") -> Result:
+    """Evaluate a saved model on a split of a data set (on ``device``, see :mod:`trustnlp.devices`);
+    write ``out/results.json`` when ``out`` is given."""
+    from trustnlp.devices import DeviceModel, resolve_device
     from trustnlp.models.io import load_model
 
+    where = resolve_device(device)
     saved = load_model(Path(model_dir))
     splits = load_splits(data, seed=seed)
     ds = dict(splits.items()).get(split)
@@ -232,7 +244,7 @@ def run_evaluate(model_dir: str | Path, data: DataConfig, out: str | Path | None
     task = make_task(saved.task, num_labels=len(saved.label_names), tag_names=saved.tag_names)
     max_length = int(saved.extra.get("max_length", MAX_LENGTH_CAP))
     enc = task.encode(ds, saved.tokenizer, max_length=max_length)
-    metrics: dict[str, Any] = _prefixed(split, task.evaluate(saved.model, enc))
+    metrics: dict[str, Any] = _prefixed(split, task.evaluate(DeviceModel(saved.model.to(where), device=where), enc))
     metrics[f"truncated_{split}"] = enc.num_truncated
     result = Result(kind="evaluate", config={"model": str(model_dir), **data.model_dump(), "split": split},
                     seed=seed, data=splits.meta.to_dict(), metrics=metrics)
@@ -252,10 +264,12 @@ class Prediction:
 
 
 @torch.no_grad()
-def predict(model_dir: str | Path, texts: Sequence[str], *, top_k: int = 3) -> list[Prediction]:
-    """Predict intents for ``texts`` with a saved classifier (or joint tagger)."""
+def predict(model_dir: str | Path, texts: Sequence[str], *, top_k: int = 3, device: str = "auto") -> list[Prediction]:
+    """Predict intents for ``texts`` with a saved classifier (or joint tagger), on ``device``."""
+    from trustnlp.devices import DeviceModel, resolve_device
     from trustnlp.models.io import load_model
 
+    where = resolve_device(device)
     saved = load_model(Path(model_dir))
     if saved.task == "lm":
         raise ConfigError(f"The model in {model_dir} is a language model; `predict` needs a classifier.")
@@ -263,7 +277,7 @@ def predict(model_dir: str | Path, texts: Sequence[str], *, top_k: int = 3) -> l
         if not t.strip():
             raise DataError(f"Expected a non-empty text to predict, but got {t!r} (text {i}).")
     enc = saved.tokenizer.encode(list(texts), max_length=int(saved.extra.get("max_length", MAX_LENGTH_CAP)))
-    out = saved.model(enc.input_ids, enc.attention_mask)
+    out = DeviceModel(saved.model.to(where), device=where)(enc.input_ids, enc.attention_mask)
     logits = out[0] if isinstance(out, tuple) else out
     probs = torch.softmax(logits, dim=-1)
     k = min(top_k, probs.shape[1])

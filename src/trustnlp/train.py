@@ -17,10 +17,21 @@
 
 Later capabilities plug in through ``step_fn``: a callable that, given the model and the logical
 batch, leaves gradients in ``p.grad`` (DP-SGD replaces the plain accumulate-and-average step).
+
+Device and precision (``config.device`` / ``config.precision``, see :mod:`trustnlp.devices`): the
+model and the training data move to the device; ``step_fn`` and evaluation receive the model
+wrapped in a :class:`~trustnlp.devices.DeviceModel` (forward under ``torch.autocast`` for mixed
+precision, float32 outputs), so the loss and the parameters, gradients and optimiser state stay
+float32. ``16`` (float16) adds loss scaling (``GradScaler``) to the default step; it is refused for
+other steps (DP-SGD's clipping backward cannot be scaled: use ``bf16``). When ``step_fn`` clips
+per example (it has a ``clipper``), the layers it records exchange float32 tensors
+(:func:`~trustnlp.devices.fp32_boundary`) so per-example norms are computed in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,7 +46,9 @@ from tqdm.auto import tqdm
 
 from trustnlp.checkpoint import load_checkpoint, save_checkpoint
 from trustnlp.config import TrainConfig
+from trustnlp.devices import DeviceModel, fp32_boundary, loss_scaler, move_tensors, resolve_device
 from trustnlp.errors import ConfigError, TrustNLPError
+from trustnlp.runtime import tune_allocator
 from trustnlp.tasks import EncodedData, Task
 
 __all__ = [
@@ -119,8 +132,12 @@ def is_oom_error(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-def _accumulate(model: torch.nn.Module, task: Task, batch: dict[str, torch.Tensor], logical_size: int, physical: int) -> float:
-    """Default step: sum-of-losses / logical size, accumulated over physical batches. Returns the mean loss."""
+def _accumulate(model: torch.nn.Module, task: Task, batch: dict[str, torch.Tensor], logical_size: int, physical: int,
+                *, scaler: torch.amp.GradScaler | None = None) -> float:
+    """Default step: sum-of-losses / logical size, accumulated over physical batches. Returns the mean loss.
+
+    With a ``scaler`` (float16 mixed precision) the backward runs on the scaled loss.
+    """
     n = batch["input_ids"].shape[0]
     if n == 0:  # an empty logical batch (Poisson sampling): no gradient, the optimiser step is a no-op
         return float("nan")
@@ -132,7 +149,8 @@ def _accumulate(model: torch.nn.Module, task: Task, batch: dict[str, torch.Tenso
         part = {k: (v[:, :t] if v.dim() == 2 else v) for k, v in part.items()}
         out = model(part["input_ids"], part["attention_mask"])
         loss = task.loss(out, part, reduction="sum")
-        (loss / logical_size).backward()
+        part_loss = loss / logical_size
+        (scaler.scale(part_loss) if scaler is not None else part_loss).backward()
         total += float(loss.detach())
     return total / n
 
@@ -148,9 +166,12 @@ def find_physical_batch_size(
 ) -> int:
     """The memory guard: the largest physical batch (halving from ``start``) whose step runs.
 
-    It probes with the longest inputs of ``data`` (the worst case), on a copy of the RNG state so
-    that probing does not change the run, and clears the gradients it made.
+    It probes with the longest inputs of ``data`` (the worst case), on a copy of the RNG state (of
+    the CPU and of the data's CUDA device) so that probing does not change the run, and clears the
+    gradients it made.
     """
+    where = data.input_ids.device
+    cuda = [where.index if where.index is not None else torch.cuda.current_device()] if where.type == "cuda" else []
     lengths = data.attention_mask.sum(dim=1)
     order = torch.argsort(lengths, descending=True, stable=True)
     size = max(minimum, start)
@@ -158,13 +179,15 @@ def find_physical_batch_size(
         idx = order[: min(size, len(data))]
         batch = data.batch(idx)
         try:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=cuda):
                 model.train()
                 step_fn(model, task, batch, len(idx), size)
             return size
         except Exception as err:  # noqa: BLE001 - only OOM is handled, everything else re-raised
             if not is_oom_error(err):
                 raise
+            if cuda:
+                torch.cuda.empty_cache()
             if size <= minimum:
                 raise TrustNLPError(
                     f"Out of memory even with a physical batch of {size} example(s) of {int(lengths.max())} tokens. "
@@ -176,7 +199,8 @@ def find_physical_batch_size(
 
 
 def _fingerprint(config: TrainConfig) -> str:
-    keep = config.model_dump(exclude={"eval_every", "checkpoint_every", "threads"})
+    # the device is where a run executes, not what it computes: a checkpoint may resume elsewhere
+    keep = config.model_dump(exclude={"eval_every", "checkpoint_every", "threads", "device"})
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -210,10 +234,15 @@ class StopTraining(Exception):
 
 
 def default_lr(model: torch.nn.Module) -> float:
-    """The architecture's default learning rate (pretrained encoders fine-tune gently)."""
+    """The architecture's default learning rate (pretrained encoders fine-tune gently; LoRA adapters
+    and frozen encoders' heads train faster)."""
     arch = getattr(model, "arch", "")
-    trainable = getattr(model, "config", {}).get("trainable", "full") if isinstance(getattr(model, "config", None), dict) else "full"
-    if arch in {"minilm", "hf"} or (arch == "joint" and getattr(model, "config", {}).get("encoder") == "minilm"):
+    config = getattr(model, "config", None)
+    config = config if isinstance(config, dict) else {}
+    trainable = config.get("trainable", (config.get("encoder_options") or {}).get("trainable", "full"))
+    if arch in {"minilm", "hf"} or (arch == "joint" and config.get("encoder") == "minilm"):
+        if trainable == "lora":  # adapters start at zero and are small: they take larger steps (Hu et al. 2022)
+            return 5e-4
         return 1e-3 if trainable == "frozen" else 5e-5
     if arch == "bag":  # one embedding table and a linear layer: learns slowly at 1e-3
         return 5e-3
@@ -240,7 +269,7 @@ def fit(
         model: any module ``model(input_ids, attention_mask) -> outputs`` understood by ``task``.
         task: loss and metrics.
         train_data: the encoded training split.
-        config: the run configuration (seed, optimiser, schedule, batch sizes, ...).
+        config: the run configuration (seed, optimiser, schedule, batch sizes, device, precision, ...).
         validation: evaluated every ``config.eval_every`` epochs.
         callbacks: objects with optional ``on_step_end`` / ``on_epoch_end``.
         checkpoint_dir: where checkpoints go; when it holds a checkpoint of the same configuration,
@@ -254,17 +283,67 @@ def fit(
         sampler: which examples each step sees (default: shuffled fixed-size batches).
 
     Returns:
-        A :class:`FitResult` with the per-epoch history.
+        A :class:`FitResult` with the per-epoch history (``extra`` records the device and precision).
+
+    Raises:
+        ConfigError: the device is not available here, or the precision is not supported on it or
+            with this ``step_fn``.
     """
     if len(train_data) == 0:
         raise ConfigError("Expected a non-empty training set, but got 0 examples.")
     if config.threads:
         torch.set_num_threads(config.threads)
+    tune_allocator()  # keep freed tensor memory: no per-step page faults (trustnlp.runtime)
+    device = resolve_device(config.device)
+    scaler = loss_scaler(config.precision, device, private=_clips_per_example(step_fn), default_step=step_fn is _accumulate)
+    if scaler is not None:
+        step_fn = _scaled_accumulate(scaler)
+    model.to(device)
+    runner = DeviceModel(model, device=device, precision=config.precision)
+    train_data = move_tensors(train_data, device)
+    boundary = fp32_boundary(model) if runner.dtype is not None and _clips_per_example(step_fn) else contextlib.nullcontext()
+    with boundary:
+        fitted = _fit(runner, task, train_data, config=config, validation=validation, callbacks=callbacks,
+                      checkpoint_dir=checkpoint_dir, step_fn=step_fn, progress=progress,
+                      stop_after_steps=stop_after_steps, sampler=sampler, scaler=scaler)
+    return dataclasses.replace(fitted, extra={**fitted.extra, "device": str(device), "precision": config.precision})
+
+
+def _scaled_accumulate(scaler: torch.amp.GradScaler) -> StepFn:
+    def step(model: torch.nn.Module, task: Task, batch: dict[str, torch.Tensor], logical: int, physical: int) -> float:
+        return _accumulate(model, task, batch, logical, physical, scaler=scaler)
+
+    return step
+
+
+def _clips_per_example(step_fn: Any) -> bool:
+    """Whether ``step_fn`` clips per-example gradients (DP-SGD's step has a ``clipper``)."""
+    return getattr(step_fn, "clipper", None) is not None
+
+
+def _fit(
+    model: DeviceModel,
+    task: Task,
+    train_data: EncodedData,
+    *,
+    config: TrainConfig,
+    validation: EncodedData | None,
+    callbacks: Sequence[Callback],
+    checkpoint_dir: str | Path | None,
+    step_fn: StepFn,
+    progress: bool,
+    stop_after_steps: int | None,
+    sampler: BatchSampler | None,
+    scaler: torch.amp.GradScaler | None,
+) -> FitResult:
+    """The loop of :func:`fit`, on a model already placed on its device."""
+    device = model.device
+    generators = {"cuda": torch.cuda.default_generators[device.index or 0]} if device.type == "cuda" else {}
     n = len(train_data)
     sampler = sampler or ShuffleSampler(n, batch_size=config.batch_size, seed=config.seed)
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    lr = config.lr or default_lr(model)
+    lr = config.lr or default_lr(model.model)
     optimizer = make_optimizer(model, name=config.optimizer, lr=lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, name=config.scheduler, total_steps=total_steps, warmup_ratio=config.warmup_ratio)
 
@@ -273,7 +352,9 @@ def fit(
     step, epoch, history, resumed = 0, 0, [], None
     carried = (0.0, 0)  # running (loss sum, examples) of a part-done epoch, restored on resume
     if ckpt is not None and (ckpt / "state.json").exists():
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(ckpt, model=model.model, optimizer=optimizer, scheduler=scheduler, generators=generators)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         if hasattr(step_fn, "load_state_dict") and state.get("step_fn") is not None:
             step_fn.load_state_dict(state["step_fn"])
         if state.get("fingerprint") != fingerprint:
@@ -291,15 +372,16 @@ def fit(
     def checkpoint(epoch_now: int, loss_sum: float = 0.0, loss_n: int = 0) -> None:
         if ckpt is not None:
             save_checkpoint(
-                ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                ckpt, model=model.model, optimizer=optimizer, scheduler=scheduler, generators=generators,
                 state={"step": step, "epoch": epoch_now, "history": history, "fingerprint": fingerprint,
                        "epoch_loss_sum": loss_sum, "epoch_loss_n": loss_n,
-                       "step_fn": step_fn.state_dict() if hasattr(step_fn, "state_dict") else None},
+                       "step_fn": step_fn.state_dict() if hasattr(step_fn, "state_dict") else None,
+                       "scaler": scaler.state_dict() if scaler is not None else None},
             )
 
     started = time.perf_counter()
     epoch_times: list[float] = []
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {getattr(model, 'arch', '')}", unit="step", disable=None if progress else True, leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {getattr(model.model, 'arch', '')}", unit="step", disable=None if progress else True, leave=False)
     try:
         while step < total_steps:
             first = step - epoch * steps_per_epoch  # batches of this epoch already done (resume)
@@ -322,10 +404,21 @@ def fit(
                     return _result(history, step, epoch, started, epoch_times, physical, resumed, lr, stopped=stopped)
                 if len(idx) and not math.isfinite(loss):
                     raise TrustNLPError(f"The training loss became {loss} at step {step + 1}; lower the learning rate (lr={lr}).")
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                stepped = True
+                if scaler is not None:
+                    if config.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    scale = scaler.get_scale()
+                    scaler.step(optimizer)  # skipped, and the scale lowered, when a gradient overflowed
+                    scaler.update()
+                    stepped = scaler.get_scale() >= scale
+                else:
+                    if config.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    optimizer.step()
+                if stepped:  # the schedule follows the updates actually made
+                    scheduler.step()
                 step += 1
                 if len(idx):
                     loss_sum += loss * len(idx)
@@ -334,7 +427,7 @@ def fit(
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
                 for cb in callbacks:
                     if hasattr(cb, "on_step_end"):
-                        cb.on_step_end(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
+                        cb.on_step_end(step, {"loss": loss, "lr": float(scheduler.get_last_lr()[0])})
                 mid_epoch = b + 1 < steps_per_epoch and step < total_steps
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and mid_epoch:
                     checkpoint(epoch, loss_sum, loss_n)

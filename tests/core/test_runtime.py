@@ -38,6 +38,6 @@ def test_tuned_allocator_reuses_freed_tensor_memory() -> None:
     off, faults_off = _probe("0")
     assert tuned and not off
     # untuned: every 40 MiB tensor is mmapped afresh (10,240 pages each); tuned: mostly reused
-    # (measured here: 20,482 vs ~2,000 faults per iteration)
+    # (measured here: 20,482 vs 2,000-8,000 faults per iteration, depending on load)
     assert faults_off > 15000, faults_off
-    assert faults < faults_off / 4, (faults, faults_off)
+    assert faults < faults_off / 2, (faults, faults_off)

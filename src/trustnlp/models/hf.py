@@ -26,7 +26,7 @@ import inspect
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from trustnlp.models.base import (
     position_ids,
     register,
 )
+from trustnlp.models.lora import LORA_DEFAULTS, apply_lora, check_lora_options
 
 __all__ = [
     "ATTN_IMPLEMENTATIONS",
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 MINILM_NAMES = ("minilm", "sentence-transformers/all-MiniLM-L6-v2")
-TRAINABLE = ("full", "frozen", "last-k")
+TRAINABLE = ("full", "frozen", "last-k", "lora")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 POOLINGS = ("mean", "cls")
 
@@ -169,11 +170,18 @@ class HFEncoder(TokenEncoder):
         encoder_config: a full config dict (``PretrainedConfig.to_dict()``); wins over
             ``encoder_name`` and builds a randomly initialised encoder.
         trainable: ``full``; ``frozen`` (encoder weights fixed, run without autograd); ``last-k``
-            (only the last ``k`` layers train; embeddings and earlier layers are fixed).
+            (only the last ``k`` layers train; embeddings and earlier layers are fixed); ``lora``
+            (LoRA adapters on the attention projections train, every encoder weight is fixed; needs
+            ``peft``, the ``hf`` extra; see :mod:`trustnlp.models.lora`).
         k: number of trainable layers for ``last-k``.
         pooling: ``mean`` (masked mean of the last hidden states) or ``cls`` (first position).
         attn_implementation: ``sdpa`` (fused, fastest for plain training) or ``eager`` (matmul +
             softmax; ``torch.func.vmap`` has batching rules for it, not for the fused kernel).
+        lora_r / lora_alpha / lora_dropout: ``trainable="lora"`` only: the rank ``r``, the scale
+            ``α`` (the update is ``(α/r)·B A x``) and the dropout on the adapters' input.
+        lora_target_modules: ``trainable="lora"`` only: names of the linear layers that get
+            adapters (``None`` = the attention's query and value projections, peft's default
+            for the encoder type, recorded resolved in ``config``).
     """
 
     def __init__(
@@ -187,9 +195,16 @@ class HFEncoder(TokenEncoder):
         k: int = 1,
         pooling: str = "mean",
         attn_implementation: str = "sdpa",
+        lora_r: int = LORA_DEFAULTS["lora_r"],
+        lora_alpha: float = LORA_DEFAULTS["lora_alpha"],
+        lora_dropout: float = LORA_DEFAULTS["lora_dropout"],
+        lora_target_modules: Sequence[str] | None = LORA_DEFAULTS["lora_target_modules"],
     ) -> None:
         super().__init__()
         check_choice("trainable", trainable, TRAINABLE)
+        lora = check_lora_options(
+            trainable, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules
+        )
         check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
         check_int("k", k, 1)
         check_choice("pooling", pooling, POOLINGS)
@@ -211,6 +226,11 @@ class HFEncoder(TokenEncoder):
         if trainable == "last-k" and k > len(self.layers):
             raise ConfigError(expected("k", f"<= the number of encoder layers ({len(self.layers)})", k))
         self._set_trainable(trainable, k)
+        lora_config: dict[str, Any] = {}
+        if trainable == "lora":
+            r, alpha, drop, targets = lora
+            targets = apply_lora(hf, model_type=str(cfg.model_type), r=r, alpha=alpha, dropout=drop, target_modules=targets)
+            lora_config = {"lora_r": r, "lora_alpha": alpha, "lora_dropout": drop, "lora_target_modules": targets}
         params = inspect.signature(self.model.forward).parameters
         self._takes_positions = "position_ids" in params
         self._takes_types = "token_type_ids" in params and getattr(cfg, "type_vocab_size", 0) > 0
@@ -222,6 +242,7 @@ class HFEncoder(TokenEncoder):
             "k": k,
             "pooling": pooling,
             "attn_implementation": attn_implementation,
+            **lora_config,
         }
 
     @staticmethod
@@ -298,7 +319,8 @@ class HFEncoderClassifier(TextModel):
 
     Args:
         vocab_size / num_labels / pad_id: sizes from the tokeniser and data.
-        encoder_name / encoder_config / trainable / k / pooling / attn_implementation: see :class:`HFEncoder`.
+        encoder_name / encoder_config / trainable / k / pooling / attn_implementation / lora_r /
+            lora_alpha / lora_dropout / lora_target_modules: see :class:`HFEncoder`.
         dropout: before the head.
     """
 
@@ -317,6 +339,10 @@ class HFEncoderClassifier(TextModel):
         pooling: str = "mean",
         attn_implementation: str = "sdpa",
         dropout: float = 0.1,
+        lora_r: int = LORA_DEFAULTS["lora_r"],
+        lora_alpha: float = LORA_DEFAULTS["lora_alpha"],
+        lora_dropout: float = LORA_DEFAULTS["lora_dropout"],
+        lora_target_modules: Sequence[str] | None = LORA_DEFAULTS["lora_target_modules"],
     ) -> None:
         super().__init__()
         check_int("num_labels", num_labels, 2)
@@ -330,6 +356,10 @@ class HFEncoderClassifier(TextModel):
             k=k,
             pooling=pooling,
             attn_implementation=attn_implementation,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_target_modules=lora_target_modules,
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.out_dim, num_labels)

@@ -104,6 +104,7 @@ from trustnlp.privacy.distributed import (
 from trustnlp.privacy.noise import make_noise_source
 from trustnlp.privacy.optimizer import BatchMemoryManager, DPOptimizer
 from trustnlp.privacy.sampling import DPDataLoader
+from trustnlp.runtime import tune_allocator
 
 __all__ = ["BatchMemoryManager", "DPOptimizer", "PrivacyEngine"]  # the first two re-exported for convenience
 
@@ -476,6 +477,7 @@ class PrivacyEngine:
         guard: BudgetGuard | None,
     ) -> tuple[nn.Module, DPOptimizer, DataLoader]:
         self._check_module(inner, optimizer, loss_reduction)
+        tune_allocator()  # keep freed tensor memory: no per-step page faults (trustnlp.runtime)
         clipper = PerSampleClipper(inner, max_grad_norm=max_grad_norm, clipping=clipping)  # validates both
         all_reduce = None
         if ddp is not None:  # a collective: every rank must get here with the same configuration

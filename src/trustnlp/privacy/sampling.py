@@ -34,7 +34,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from trustnlp.errors import ConfigError, DataError, expected
 
-__all__ = ["PoissonSampler", "UserPoissonSampler", "UserBatch", "DPDataLoader"]
+__all__ = ["PoissonSampler", "UserPoissonSampler", "UserBatch", "UserExampleBatches", "DPDataLoader"]
 
 B = TypeVar("B")
 
@@ -207,6 +207,8 @@ class UserPoissonSampler(_StepSampler[UserBatch]):
         num_examples: ``len(user_ids)``; ``num_examples_used`` counts those kept under the cap.
         expected_batch_size: ``q · U`` *users* per step (the normaliser of the noisy sum of
             per-user clipped gradients).
+        user_index: ``[num_examples]`` long tensor, the user (index into ``users``) of each example.
+        kept_indices: the examples kept under the cap, grouped by user (users ascending).
     """
 
     _label = "user-poisson"
@@ -248,6 +250,8 @@ class UserPoissonSampler(_StepSampler[UserBatch]):
         order = kept[torch.argsort(owner_t[kept], stable=True)]  # grouped by user, ascending within
         self._order = order  # kept example indices, grouped by user (users ascending)
         self._owner = owner_t[order]  # their users
+        self.user_index = owner_t
+        self.kept_indices = order
         self.num_examples_used = int(order.numel())
         super().__init__(self.num_users, sampling_rate=sampling_rate, steps_per_epoch=steps_per_epoch, seed=seed)
         self.expected_batch_size = self.sampling_rate * self.num_users
@@ -256,11 +260,32 @@ class UserPoissonSampler(_StepSampler[UserBatch]):
         keep = self._include(gen)[self._owner]  # an example is in iff its user is
         return UserBatch(self._order[keep], self._owner[keep])
 
+    def example_batches(self) -> UserExampleBatches:
+        """The batches as plain index tensors, for :func:`trustnlp.train.fit` (its ``BatchSampler``)."""
+        return UserExampleBatches(self)
+
     def __repr__(self) -> str:
         return (
             f"UserPoissonSampler(num_users={self.num_users}, num_examples={self.num_examples}, sampling_rate={self.sampling_rate}, "
             f"steps_per_epoch={self.steps_per_epoch}, seed={self.seed}, max_examples_per_user={self.max_examples_per_user})"
         )
+
+
+class UserExampleBatches:
+    """A :class:`UserPoissonSampler` seen as the training loop's ``BatchSampler``: ``epoch(e)`` yields
+    each step's example indices (grouped by user); the users of the examples are
+    ``sampler.user_index[indices]``."""
+
+    def __init__(self, sampler: UserPoissonSampler) -> None:
+        self.sampler = sampler
+        self.steps_per_epoch = sampler.steps_per_epoch
+
+    def epoch(self, e: int) -> Iterator[torch.Tensor]:
+        for batch in self.sampler.epoch(e):
+            yield batch.indices
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
 
 
 # -- DataLoader ------------------------------------------------------------------------------------

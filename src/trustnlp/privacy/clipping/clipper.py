@@ -22,6 +22,11 @@ Optimization on Large Model at Small Cost") gets it from ONE backward pass:
 
 ``mode="ghost"`` instead runs a second backward of ``Σ_i c_i L_i`` (ghost clipping, Li et al. 2022).
 
+*Group clipping* (user-level DP): ``backward(losses, groups=g)`` clips each group's SUMMED gradient
+``G_k = Σ_{i: g_i = k} g_i`` instead (``c_k`` from ``‖G_k‖``; sensitivity per group as above), with
+the norms from regrouped representations (:mod:`~trustnlp.privacy.clipping.groups`) and the clipped
+sum ``Σ_i c_{g_i} g_i`` from the per-example ones. A group must lie within one call.
+
 *Capture mode* (:meth:`PerSampleClipper.capture`, used by :mod:`trustnlp.privacy.engine` for plain
 PyTorch loops) skips step 2: a pre-hook on each recorded output's autograd node keeps the output
 gradient during the caller's own ``loss.backward()`` of a *reduced* loss, and when that backward
@@ -54,6 +59,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from trustnlp.errors import ConfigError, PrivacyError, expected
 from trustnlp.privacy.clipping.fallback import VmapFallback, flatten
 from trustnlp.privacy.clipping.grads import Call, PerExampleGrad, merge, squared_norm
+from trustnlp.privacy.clipping.groups import GroupLayout, regroup
 from trustnlp.privacy.clipping.rules import Rule, find_rule
 
 __all__ = ["CLIPPING_MODES", "MODES", "ClipStats", "PerSampleClipper"]
@@ -66,7 +72,7 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class ClipStats:
-    """What one :meth:`PerSampleClipper.backward` saw.
+    """What one :meth:`PerSampleClipper.backward` saw (with ``groups``: per group, ``[K]`` instead of ``[B]``).
 
     Attributes:
         norms: ``[B]`` per-example total gradient norm before clipping.
@@ -261,15 +267,27 @@ class PerSampleClipper:
         return math.sqrt(sum(c * c for c in self._thresholds(groups).values()))
 
     # -- the step ------------------------------------------------------------------------------------
-    def backward(self, per_example_loss: Tensor) -> ClipStats:
+    def backward(self, per_example_loss: Tensor, *, groups: Tensor | None = None) -> ClipStats:
         """Clip per-example gradients of ``per_example_loss`` (``[B]``, from a forward run while
         attached) and add their clipped sum to each trainable parameter's ``p.grad``.
 
+        ``groups`` (``[B]`` integer indices in ``0 .. K-1``): clip each group's summed gradient
+        instead (user-level DP); the stats are then per group (``[K]``).
+
         Raises:
+            ConfigError: ``per_example_loss`` or ``groups`` malformed.
             PrivacyError: nothing recorded, a layer whose per-example gradients are undefined
                 (examples mixed, e.g. BatchNorm in training mode), a trainable parameter whose
                 module did not run, or an input modified in place after its layer's forward.
         """
+        return self._run(per_example_loss, groups, accumulate=True)
+
+    def norms(self, per_example_loss: Tensor, *, groups: Tensor | None = None) -> ClipStats:
+        """As :meth:`backward` but only the norms and factors: no parameter gets a gradient (e.g. for a
+        private estimate of the clipping threshold)."""
+        return self._run(per_example_loss, groups, accumulate=False)
+
+    def _run(self, per_example_loss: Tensor, groups: Tensor | None, *, accumulate: bool) -> ClipStats:
         if (
             not isinstance(per_example_loss, Tensor)
             or per_example_loss.dim() != 1
@@ -279,6 +297,7 @@ class PerSampleClipper:
             raise ConfigError(
                 expected("per_example_loss", "a 1-D tensor [B] of per-example losses that requires grad", got)
             )
+        layout = None if groups is None else GroupLayout.of(groups, per_example_loss.shape[0])
         if self._capturing:
             raise ConfigError("This clipper is in capture mode: call `loss.backward()` on the reduced loss instead.")
         records, bn = self._records, self._batchnorm_train
@@ -290,11 +309,12 @@ class PerSampleClipper:
             )
         self._recording, was = False, self._recording
         try:
-            return self._step(per_example_loss, records)
+            return self._step(per_example_loss, records, layout, accumulate)
         finally:
             self._recording = was
 
-    def _step(self, loss: Tensor, records: dict[nn.Module, list[_Record]]) -> ClipStats:
+    def _step(self, loss: Tensor, records: dict[nn.Module, list[_Record]], layout: GroupLayout | None = None,
+              accumulate: bool = True) -> ClipStats:
         b = loss.shape[0]
         groups = self._groups()
         ran = {id(p) for m in records for p in _trainable(m).values()}
@@ -306,15 +326,17 @@ class PerSampleClipper:
             )
         self._check_versions(records)
         edges = [e for recs in records.values() for r in recs for e in r.edges if e is not None]
-        grads = iter(torch.autograd.grad(loss.sum(), edges, allow_unused=True, retain_graph=self.mode == "ghost"))
+        ghost = self.mode == "ghost" and accumulate
+        grads = iter(torch.autograd.grad(loss.sum(), edges, allow_unused=True, retain_graph=ghost))
         for recs in records.values():
             for r in recs:
                 got = [next(grads) if e is not None else None for e in r.edges]
                 r.call.grads = [torch.zeros_like(o) if g is None else g for g, o in zip(got, r.call.outputs)]
-        stats = self._clip(records, b, accumulate=self.mode != "ghost")
-        if self.mode == "ghost":
+        stats = self._clip(records, b, accumulate=accumulate and not ghost, layout=layout)
+        if ghost:
             assert isinstance(stats.factors, Tensor)
-            (stats.factors.to(loss.dtype) * loss).sum().backward()
+            c = stats.factors if layout is None else stats.factors[layout.groups.to(stats.factors.device)]
+            (c.to(loss.dtype) * loss).sum().backward()
         return stats
 
     def _check_versions(self, records: dict[nn.Module, list[_Record]]) -> None:
@@ -334,12 +356,14 @@ class PerSampleClipper:
         scale: float = 1.0,
         sink: dict[int, Tensor] | None = None,
         accumulate: bool = True,
+        layout: GroupLayout | None = None,
     ) -> ClipStats:
         """Steps 3-6 on records whose ``call.grads`` are set, for a batch of ``b`` examples.
 
         ``scale``: the output gradients are ``1/scale`` times the per-example ones (a mean-reduced
         loss: ``scale = b``); norms and sums are corrected, nothing is copied. ``sink``: where the
-        clipped sums are added (``id(param) -> tensor``; default ``p.grad``).
+        clipped sums are added (``id(param) -> tensor``; default ``p.grad``). ``layout``: group
+        clipping (norms of regrouped representations; each example weighted by its group's factor).
         """
         groups = self._groups()
         per_param: dict[int, list[PerExampleGrad]] = {}
@@ -360,6 +384,8 @@ class PerSampleClipper:
         group_sq: dict[str, Tensor] = {}
         for pid, contributions in merged.items():
             g = groups[pid][1]
+            if layout is not None:
+                contributions = [regroup(r, layout) for r in contributions]
             sq = squared_norm(contributions).clamp_min(0)
             if scale != 1.0:
                 sq = sq * (scale * scale)
@@ -381,6 +407,8 @@ class PerSampleClipper:
                 for pid, contributions in merged.items():
                     p, g = groups[pid]
                     c = factors[g] if isinstance(factors, dict) else factors
+                    if layout is not None:
+                        c = c[layout.groups.to(c.device)]
                     if scale != 1.0:
                         c = c * scale
                     out = p.grad if sink is None else sink.get(pid)
