@@ -46,9 +46,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,25 @@ def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(expected(name, "> 0", value))
     return float(value)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _fp32(x: Any) -> Any:
+    """Half-precision activations and output gradients (autocast) are recorded in float32: per-example
+    norms and clipped sums are always computed in at least single precision."""
+    return x.float() if isinstance(x, Tensor) and x.dtype in _HALF else x
+
+
+@contextlib.contextmanager
+def _no_autocast(device_type: str) -> Iterator[None]:
+    """The clipping maths outside any autocast region the caller's backward runs in."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -218,9 +238,9 @@ class PerSampleClipper:
             return
         leaves, rebuild = flatten((args, kwargs))
         leaves = [x.detach() if isinstance(x, Tensor) else x for x in leaves]
-        a, kw = rebuild(leaves)
         versions = [(x, x._version) for x in leaves if isinstance(x, Tensor)]
-        call = Call(tuple(a), dict(kw), [o.detach() for o in outs])
+        a, kw = rebuild([_fp32(x) for x in leaves])
+        call = Call(tuple(a), dict(kw), [_fp32(o.detach()) for o in outs])
         rec = _Record(call, edges, versions)
         self._records.setdefault(module, []).append(rec)
         if self._capturing:
@@ -331,8 +351,9 @@ class PerSampleClipper:
         for recs in records.values():
             for r in recs:
                 got = [next(grads) if e is not None else None for e in r.edges]
-                r.call.grads = [torch.zeros_like(o) if g is None else g for g, o in zip(got, r.call.outputs)]
-        stats = self._clip(records, b, accumulate=accumulate and not ghost, layout=layout)
+                r.call.grads = [torch.zeros_like(o) if g is None else _fp32(g) for g, o in zip(got, r.call.outputs)]
+        with _no_autocast(loss.device.type):
+            stats = self._clip(records, b, accumulate=accumulate and not ghost, layout=layout)
         if ghost:
             assert isinstance(stats.factors, Tensor)
             c = stats.factors if layout is None else stats.factors[layout.groups.to(stats.factors.device)]
@@ -485,7 +506,10 @@ class PerSampleClipper:
                 "clipping needs the whole loss of a forward in one backward; sum the losses and call backward once."
             )
         g = grad_outputs[nr]
-        rec.call.grads[j] = g.clone() if type(rec.edges[j].node).__name__ == "AccumulateGrad" else g  # type: ignore[union-attr]
+        if g.dtype in _HALF:
+            rec.call.grads[j] = g.float()
+        else:
+            rec.call.grads[j] = g.clone() if type(rec.edges[j].node).__name__ == "AccumulateGrad" else g  # type: ignore[union-attr]
         rec.captured = True
         self._queue_backward_end()
 
@@ -521,7 +545,9 @@ class PerSampleClipper:
         scale = float(b) if self._loss_reduction == "mean" else 1.0
         self._recording, was = False, self._recording  # the fallback re-runs modules: record nothing
         try:
-            self.last_stats = self._clip(taken, b, scale=scale, sink=self.clipped_sums)
+            device = next((p.device.type for p in self.model.parameters()), "cpu")
+            with _no_autocast(device):
+                self.last_stats = self._clip(taken, b, scale=scale, sink=self.clipped_sums)
         finally:
             self._recording = was
         self.captured_examples += b
