@@ -187,6 +187,115 @@ def predict(
 
 
 @app.command()
+def audit(
+    data: DataOpt = "assistant",
+    model: ModelOpt = "bag",
+    epsilons: Annotated[str, typer.Option(help="Comma-separated target epsilons, one row each; inf = non-private.")]
+    = "0.5,1,2,4,8,16,inf",
+    shadows: Annotated[int | None, typer.Option(help="Shadow models per epsilon (default 16).")] = None,
+    out: OutOpt = Path("runs/audit"),
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    attack: Annotated[str | None, typer.Option(help="lira-online | lira-offline | loss | calibrated")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of every model.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop every model after this many steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Logical batch size (DP: expected batch size).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: by architecture).")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta of every model and bound (default: below 1/(10 N)).")]
+    = None,
+    population_size: Annotated[int | None, typer.Option(help="Audit a seeded random subset of the population "
+                                                        "(train + validation) of this size.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="wordpiece (MiniLM, public) | word")] = None,
+    trainable: Annotated[str | None, typer.Option(help="MiniLM: frozen (heads on features, fast) | full | last-k")]
+    = None,
+    path: Annotated[str | None, typer.Option(help="Shadow training: auto | plain | features | batched")] = None,
+    corpus_size: CorpusSizeOpt = None,
+    include_oos: Annotated[bool, typer.Option("--include-oos", help="CLINC150: add the out-of-scope class.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Membership-inference audit at several epsilons: LiRA with shadow models, empirical epsilon lower bounds."""
+    from trustnlp.config import load_config
+    from trustnlp.privacy.audit_study import AuditConfig, run_audit
+
+    given = {"data": data, "model": model, "epsilons": epsilons, "shadows": shadows, "seed": seed,
+             "data_dir": data_dir, "attack": attack, "epochs": epochs, "max_steps": max_steps,
+             "batch_size": batch_size, "lr": lr, "delta": delta, "population_size": population_size,
+             "tokenizer": tokenizer, "path": path, "corpus_size": corpus_size, "include_oos": include_oos or None,
+             "threads": threads}
+    ctx = click_context()
+    explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
+    if config is not None:
+        cfg = load_config(config, AuditConfig, **explicit)
+    else:
+        cfg = AuditConfig(**explicit)
+    if trainable is not None:
+        cfg = AuditConfig(**{**cfg.model_dump(), "model_options": {**cfg.model_options, "trainable": trainable}})
+    result = run_audit(cfg, out, progress=not quiet)
+    table = Table(title=f"audit: {cfg.attack} on {cfg.model} / {cfg.data} (K={cfg.shadows})")
+    for col in ("epsilon", "test acc", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "eps lower (TPR/FPR)", "eps lower (one run)"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row("∞" if r["epsilon"] is None else f"{r['epsilon']:g}", f"{r['test_accuracy']:.3f}",
+                      f"{r['mia_auc']:.3f}", f"{r['tpr_at_1e-3_fpr']:.4f}", f"{r['tpr_at_1e-2_fpr']:.4f}",
+                      f"{r['empirical_epsilon_lower']:.3f}", f"{r['one_run_epsilon_lower']:.3f}")
+    console.print(table)
+    rho = result.metrics.get("spearman_epsilon_mia_auc")
+    console.print(f"Spearman(epsilon, AUC) = {'—' if rho is None else f'{rho:.3f}'}   Results: {out / 'results.json'}")
+
+
+def _floats(name: str, text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"Expected `{name}` to be comma-separated numbers, but got {text!r}.")
+        raise
+
+
+@app.command()
+def privatize(
+    data: DataOpt = "assistant",
+    mechanisms: Annotated[str, typer.Option(help="Comma-separated: euclidean (Feyisetan et al. 2020) | "
+                                            "mahalanobis (Xu et al. 2020).")] = "euclidean,mahalanobis",
+    epsilons: Annotated[str, typer.Option(help="Comma-separated metric-DP epsilons (per unit of embedding "
+                                          "distance; useful range for MiniLM: tens to hundreds).")]
+    = "45,60,75,90,120",
+    model: ModelOpt = "bag",
+    epochs: Annotated[int | None, typer.Option(help="Epochs of the classifier trained on privatised text.")] = None,
+    out: OutOpt = Path("runs/privatize"),
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+    include_oos: Annotated[bool, typer.Option("--include-oos", help="CLINC150: add the out-of-scope class.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rewrite text with metric-DP word replacement, then train a classifier on it (clean test split)."""
+    from trustnlp.config import load_config
+    from trustnlp.privacy.text import PrivatizeConfig, run_privatize
+
+    train = {"model": model} | ({"epochs": epochs} if epochs is not None else {})
+    given = {"data": data, "mechanisms": [m.strip() for m in mechanisms.split(",") if m.strip()],
+             "epsilons": _floats("epsilons", epsilons), "seed": seed, "data_dir": data_dir,
+             "corpus_size": corpus_size, "include_oos": include_oos or None}
+    ctx = click_context()
+    explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
+    if config is None or _is_explicit(ctx, "model") or _is_explicit(ctx, "epochs"):
+        explicit["train"] = train
+    cfg = load_config(config, PrivatizeConfig, **explicit) if config is not None else PrivatizeConfig(**explicit)
+    result = run_privatize(cfg, out, progress=not quiet)
+    table = Table(title=f"privatize: {cfg.data} ({', '.join(cfg.mechanisms)})")
+    for col in ("mechanism", "epsilon", "words unchanged", "test acc"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        eps = "—" if r.get("epsilon") is None else f"{r['epsilon']:g}"
+        table.add_row(str(r["mechanism"]), eps, f"{r['words_unchanged']:.3f}", f"{r['test_accuracy']:.3f}")
+    console.print(table)
+    console.print(f"Results: {out / 'results.json'}")
+
+
+@app.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
     out: OutOpt = Path("runs/report"),

@@ -235,3 +235,65 @@ def plot_train(result: Result) -> list[Plot]:
         caption=f"Training curves over {len(rows)} {x or 'row'}(s).",
     )
     return [plot] if plot is not None else []
+
+
+def _eps_label(row: Mapping[str, Any]) -> str:
+    eps = _number(row.get("epsilon"))
+    return "non-private" if eps is None else f"ε = {eps:g}"
+
+
+@register_plotter("audit")
+def plot_audit(result: Result) -> list[Plot]:
+    """Membership-inference audit: ROC curves per epsilon (log-log), and leakage against epsilon."""
+    rows = [r for r in result.rows if isinstance(r, Mapping) and _number(r.get("mia_auc")) is not None]
+    if not rows:
+        return []
+    attack = rows[0].get("attack", "attack")
+    out: list[Plot] = []
+    curves = [r for r in rows if isinstance(r.get("roc"), Mapping)]
+    if curves:
+        fig, (ax,) = make_figure()
+        for r in curves:
+            pts = [(f, t) for f, t in zip(r["roc"].get("fpr", []), r["roc"].get("tpr", [])) if f > 0 and t > 0]
+            if pts:
+                ax.plot(*zip(*pts), linewidth=1.3, label=f"{_eps_label(r)} (AUC {r['mia_auc']:.3f})")
+        low = min([f for r in curves for f in r["roc"].get("fpr", []) if f > 0] or [1e-3])
+        ax.plot([low, 1], [low, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+        ax.legend(loc="lower right", fontsize=7)
+        out.append(Plot("roc", fig, alt=f"ROC curves (log-log) of the {attack} membership attack, one per epsilon: "
+                        + ", ".join(f"{_eps_label(r)} AUC {r['mia_auc']:.3f}" for r in curves) + ".",
+                        caption="ROC curves on the evaluation examples (thresholds chosen on held-out calibration "
+                                "examples); the dotted line is chance."))
+    finite = sorted((r for r in rows if _number(r.get("epsilon")) is not None), key=lambda r: r["epsilon"])
+    nonprivate = [r for r in rows if _number(r.get("epsilon")) is None]
+    fig, (left, right) = make_figure(2)
+    xs = [r["epsilon"] for r in finite]
+    for ax, keys, label in ((left, ("mia_auc", "tpr_at_1e-2_fpr", "tpr_at_1e-3_fpr"), "attack success"),
+                            (right, ("empirical_epsilon_lower", "one_run_epsilon_lower"), "empirical ε lower bound")):
+        for i, key in enumerate(keys):
+            color = f"C{i}"
+            if finite:
+                ax.plot(xs, _series(finite, key), marker="o", markersize=3, color=color, label=key)
+            for r in nonprivate:
+                v = _number(r.get(key))
+                if v is not None:
+                    ax.axhline(v, color=color, linestyle="--", linewidth=0.8, label=f"{key} (non-private)")
+        ax.set_xlabel("target ε")
+        ax.set_ylabel(label)
+        if finite and min(xs) > 0:
+            ax.set_xscale("log")
+    if finite:
+        right.plot(xs, xs, color="grey", linestyle=":", linewidth=1, label="claimed ε (bound must stay below)")
+    left.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
+    for ax in (left, right):
+        ax.legend(loc="best", fontsize=6)
+    rho = _number(result.metrics.get("spearman_epsilon_mia_auc"))
+    out.append(Plot("leakage", fig, alt=f"Leakage against epsilon for {len(finite)} private model(s): AUC and TPR at "
+                    "low FPR (left), empirical epsilon lower bounds against the claimed epsilon (right)"
+                    + (f"; Spearman correlation of epsilon with AUC {rho:.3f}." if rho is not None else "."),
+                    caption="Dashed: the non-private model. Right: every bound must stay below the dotted line."))
+    return out

@@ -9,7 +9,12 @@ Scores are **higher = more likely a member** everywhere.
   on held-out calibration scores;
 - :mod:`~trustnlp.privacy.attacks.stats` — Clopper-Pearson intervals;
 - :mod:`~trustnlp.privacy.attacks.exposure` — exposure of inserted canaries (Carlini et al. 2019);
-- :mod:`~trustnlp.privacy.attacks.result` — :class:`AttackResult` and :func:`evaluate_attack`.
+- :mod:`~trustnlp.privacy.attacks.result` — :class:`AttackResult` and :func:`evaluate_attack`;
+- :mod:`~trustnlp.privacy.attacks.shadows` — training the target and shadow models (plain, batched and
+  frozen-encoder feature paths) and their per-example confidences (imports torch; not re-exported here).
+- :mod:`~trustnlp.privacy.attacks.extraction` — canary extraction against chance (rates,
+  set recovery, ranks, exposure, rank test); the white-box attack is
+  :mod:`~trustnlp.privacy.attacks.inversion` (torch, imported on its own).
 
 Empirical epsilon lower bounds and the one-run audit live in :mod:`trustnlp.privacy.audit`.
 The maths is described in ``docs/audit.md``.
@@ -32,6 +37,17 @@ from trustnlp.privacy.attacks.exposure import (
     exposure_estimate,
     exposure_exact,
     exposure_from_rank,
+)
+from trustnlp.privacy.attacks.extraction import (
+    ExtractionMetrics,
+    RankStatistics,
+    RankTest,
+    exact_rank_statistics,
+    extraction_metrics,
+    rank_test,
+    sampled_rank_statistics,
+    set_overlap,
+    set_recovery_chance,
 )
 from trustnlp.privacy.attacks.membership import (
     calibrated_loss_scores,
@@ -75,4 +91,14 @@ __all__ = [
     "shadow_inclusion_mask",
     "threshold_at_fpr",
     "tpr_at_fpr",
+    # canary extraction (the relaxed attack itself, which needs torch: .inversion, .embedding_forward)
+    "ExtractionMetrics",
+    "RankStatistics",
+    "RankTest",
+    "exact_rank_statistics",
+    "extraction_metrics",
+    "rank_test",
+    "sampled_rank_statistics",
+    "set_overlap",
+    "set_recovery_chance",
 ]
