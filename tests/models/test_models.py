@@ -297,3 +297,23 @@ def test_real_minilm_embeddings_are_pretrained() -> None:
         emb = F.normalize(model.embed(enc.input_ids, enc.attention_mask), dim=-1)
     assert abs((emb[0] @ emb[1]).item() - 0.755) < 0.01
     assert (emb[0] @ emb[2]).item() < 0.3
+
+
+def test_frozen_encoder_has_no_dropout_in_train_mode() -> None:
+    """A frozen encoder is a fixed feature extractor: same features at every step; the head still trains."""
+    cfg = {"model_type": "bert", "vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32,
+           "hidden_dropout_prob": 0.5, "attention_probs_dropout_prob": 0.5}
+    from trustnlp.models import build_model
+
+    ids = torch.randint(1, 100, (4, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    frozen = build_model("minilm", vocab_size=100, num_labels=3, pad_id=0, encoder_config=cfg, trainable="frozen")
+    frozen.train()
+    enc = next(m for m in frozen.modules() if type(m).__name__ == "HFEncoder")
+    assert not enc.model.training and frozen.training
+    assert torch.equal(enc(ids, mask), enc(ids, mask))
+    full = build_model("minilm", vocab_size=100, num_labels=3, pad_id=0, encoder_config=cfg, trainable="full")
+    full.train()
+    enc_full = next(m for m in full.modules() if type(m).__name__ == "HFEncoder")
+    assert not torch.equal(enc_full(ids, mask), enc_full(ids, mask))  # dropout on when the encoder trains

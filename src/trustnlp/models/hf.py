@@ -169,7 +169,8 @@ class HFEncoder(TokenEncoder):
         encoder_name: ``minilm`` (default), a local directory or a Hub id (pretrained weights).
         encoder_config: a full config dict (``PretrainedConfig.to_dict()``); wins over
             ``encoder_name`` and builds a randomly initialised encoder.
-        trainable: ``full``; ``frozen`` (encoder weights fixed, run without autograd); ``last-k``
+        trainable: ``full``; ``frozen`` (encoder weights fixed, run without autograd and without
+            dropout: the encoder stays in eval mode); ``last-k``
             (only the last ``k`` layers train; embeddings and earlier layers are fixed); ``lora``
             (LoRA adapters on the attention projections train, every encoder weight is fixed; needs
             ``peft``, the ``hf`` extra; see :mod:`trustnlp.models.lora`).
@@ -297,6 +298,14 @@ class HFEncoder(TokenEncoder):
             for layer in self.layers[len(self.layers) - k :]:
                 for p in layer.parameters():
                     p.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> HFEncoder:
+        """A frozen encoder stays in eval mode (no dropout): it is a fixed feature extractor, so the
+        features of an example are the same at every step (and equal to the audit's cached ones)."""
+        super().train(mode)
+        if self.trainable == "frozen":
+            self.model.train(False)
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask4 = additive_mask(attention_mask, self.model.dtype)
