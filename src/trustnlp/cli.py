@@ -295,6 +295,65 @@ def privatize(
     console.print(f"Results: {out / 'results.json'}")
 
 
+def _ints(name: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"Expected `{name}` to be comma-separated integers, but got {text!r}.")
+        raise
+
+
+@app.command()
+def extract(
+    data: DataOpt = "assistant",
+    model: Annotated[str, typer.Option("--model", help="Comma-separated: bag | cnn | lstm | transformer | minilm.")]
+    = "cnn",
+    repetitions: Annotated[str, typer.Option(help="Comma-separated copies r of each canary.")] = "1,10,100",
+    epsilons: Annotated[str, typer.Option(help="Comma-separated target epsilons; inf = non-private.")] = "1,8,inf",
+    secret: Annotated[str, typer.Option(help="digits (4-digit codes, exhaustive oracle) | words (6 public words)")]
+    = "digits",
+    n_canaries: Annotated[int | None, typer.Option(help="Canaries per setting (default 100).")] = None,
+    defences: Annotated[str | None, typer.Option(help="Comma-separated: none | dropout:P | early-stopping:K "
+                                                 "(join with + to combine).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="wordpiece (MiniLM, public) | word (built-in corpus)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of every model.")] = None,
+    out: OutOpt = Path("runs/extract"),
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """White-box canary extraction (model inversion) per model x repetitions x epsilon."""
+    from trustnlp.config import load_config
+    from trustnlp.privacy.extraction_study import ExtractConfig, run_extract
+
+    given = {"data": data, "models": [m.strip() for m in model.split(",") if m.strip()],
+             "repetitions": _ints("repetitions", repetitions), "epsilons": _floats("epsilons", epsilons),
+             "secret": secret, "n_canaries": n_canaries,
+             "defences": None if defences is None else [d.strip() for d in defences.split(",") if d.strip()],
+             "tokenizer": tokenizer, "epochs": epochs, "seed": seed, "data_dir": data_dir,
+             "corpus_size": corpus_size, "threads": threads}
+    names = {"models": "model"}
+    ctx = click_context()
+    explicit = {k: v for k, v in given.items()
+                if v is not None and (config is None or _is_explicit(ctx, names.get(k, k)))}
+    cfg = load_config(config, ExtractConfig, **explicit) if config is not None else ExtractConfig(**explicit)
+    result = run_extract(cfg, out, progress=not quiet)
+    table = Table(title=f"extract: {cfg.secret} canaries in {cfg.data}")
+    for col in ("model", "r", "epsilon", "defence", "extraction", "chance", "token acc", "mean rank", "group eps"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        eps = "∞" if r.get("epsilon") is None else f"{r['epsilon']:g}"
+        geps = "∞" if r.get("group_epsilon") is None else f"{r['group_epsilon']:g}"
+        table.add_row(str(r["model"]), str(r["repetitions"]), eps, str(r.get("defence", "none")),
+                      f"{r['extraction_rate']:.3f}", f"{r['chance']:.2g}", f"{r['token_accuracy']:.3f}",
+                      f"{r['mean_rank']:.4g}", geps)
+    console.print(table)
+    console.print(f"Results: {out / 'results.json'}")
+
+
 @app.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
