@@ -355,6 +355,51 @@ def extract(
 
 
 @app.command()
+def fairness(
+    model: Annotated[str, typer.Option("--model", help="minilm, a saved trustnlp model directory, or a Hugging "
+                                       "Face encoder.")] = "minilm",
+    tests: Annotated[str, typer.Option(help="Comma-separated intrinsic tests: weat, seat, ceat, crows.")]
+    = "weat,seat",
+    names: Annotated[str | None, typer.Option(help="Comma-separated association tests by name (default: all "
+                                              "available).")] = None,
+    extrinsic: Annotated[bool, typer.Option("--extrinsic", help="Also group metrics, AUC bias and counterfactual "
+                                            "fairness of the classifier --model on --data.")] = False,
+    data: Annotated[str | None, typer.Option("--data", help="Data set for --extrinsic (e.g. assistant).")] = None,
+    protected: Annotated[str | None, typer.Option(help="Protected column for --extrinsic.")] = None,
+    pooling: Annotated[str | None, typer.Option(help="Sentence pooling: mean (default) | cls")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="CEAT: a text file with one sentence per line "
+                                                "(default: BOLD's Wikipedia sentences in ../shared/data).")] = None,
+    crows_limit: Annotated[int | None, typer.Option(help="CrowS-Pairs: score only this many pairs.")] = None,
+    corpus_size: CorpusSizeOpt = None,
+    out: OutOpt = Path("runs/fairness"),
+    seed: SeedOpt = 0,
+) -> None:
+    """Bias of a representation (WEAT/SEAT/CEAT/CrowS) and of a classifier's predictions (--extrinsic)."""
+    from trustnlp.config import DataConfig
+    from trustnlp.fairness.study import run_fairness
+
+    options: dict[str, Any] = {}
+    if pooling is not None:
+        options["pooling"] = pooling
+    data_cfg: Any = None
+    if data is not None:
+        data_cfg = DataConfig(data=data, corpus_size=corpus_size)
+    result = run_fairness(model, out, tests=[t.strip() for t in tests.split(",") if t.strip()],
+                          names=None if names is None else [n.strip() for n in names.split(",") if n.strip()],
+                          extrinsic=extrinsic, data=data_cfg, protected=protected, corpus=corpus,
+                          crows_limit=crows_limit, seed=seed, **options)
+    table = Table(title=f"fairness: {model}")
+    for col in ("test", "kind", "effect size", "p-value", "pooling"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        es, p = r.get("effect_size"), r.get("p_value")
+        table.add_row(str(r.get("test")), str(r.get("kind", "")), "—" if es is None else f"{es:+.3f}",
+                      "—" if p is None else f"{p:.3g}", str(r.get("pooling", "")))
+    console.print(table)
+    console.print(f"Results: {out / 'results.json'}")
+
+
+@app.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
     out: OutOpt = Path("runs/report"),
