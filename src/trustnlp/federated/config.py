@@ -1,0 +1,140 @@
+"""The federated run configuration (pydantic, shared by the API and ``trustnlp federate``).
+
+Defaults live here once, including each algorithm's defaults (:data:`ALGORITHM_DEFAULTS`);
+algorithm options left at ``None`` take them, and an option the chosen algorithm does not use is
+refused (``mu`` with ``fedavg``, ...). See ``docs/federated.md``.
+
+Example:
+    >>> cfg = FederatedConfig(algorithm="fedadam", partition="dirichlet:0.1", rounds=5)
+    >>> cfg.algorithm_options()
+    {'server_lr': 0.01, 'beta1': 0.9, 'beta2': 0.99, 'tau': 0.001}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trustnlp.config import DataConfig
+from trustnlp.errors import ConfigError
+
+__all__ = ["FederatedConfig", "ALGORITHMS", "ALGORITHM_DEFAULTS", "LOCAL_OPTIMIZERS"]
+
+ALGORITHMS = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+LOCAL_OPTIMIZERS = ("sgd", "sgdm", "adam", "adamw")
+
+#: Each algorithm's options and their defaults.
+#: - FedAvg (McMahan et al. 2017): server_lr 1 (the new model is the weighted mean of the clients').
+#: - FedAvgM (Hsu et al. 2019): server momentum 0.9 at server_lr 1 (Reddi et al. 2021's FedAvgM baseline).
+#: - FedProx (Li et al. 2020): mu 0.01, from their grid {0.001, 0.01, 0.1, 1}.
+#: - FedAdam / FedYogi (Reddi et al. 2021): beta1 0.9, beta2 0.99, tau 1e-3, server_lr 1e-2 (their
+#:   grids' typical optimum; Flower's FedYogi defaults are the same).
+#: - FedAdagrad (Reddi et al. 2021): beta1 0 (plain Adagrad), tau 1e-3, server_lr 0.1.
+ALGORITHM_DEFAULTS: dict[str, dict[str, float]] = {
+    "fedavg": {"server_lr": 1.0},
+    "fedavgm": {"server_lr": 1.0, "server_momentum": 0.9},
+    "fedprox": {"server_lr": 1.0, "mu": 0.01},
+    "fedadam": {"server_lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    "fedyogi": {"server_lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    "fedadagrad": {"server_lr": 1e-1, "beta1": 0.0, "tau": 1e-3},
+}
+_ALGORITHM_OPTIONS = ("server_lr", "server_momentum", "mu", "beta1", "beta2", "tau")
+
+
+class FederatedConfig(DataConfig):
+    """Everything one federated run needs.
+
+    Attributes:
+        task: ``classify`` (intent), ``tag`` (joint intent + slot tagging), ``lm`` (next-word LM).
+        model: architecture (``None`` = ``bag`` for ``classify``, ``cnn`` for ``tag`` (a ``joint`` tagger
+            over a CNN encoder), ``lm`` for ``lm``); ``model_options`` go to ``build_model``.
+        tokenizer / max_length: as in ``TrainConfig``.
+        seed: seeds the partition, the selection, availability and every client's local shuffling.
+        algorithm: ``fedavg | fedavgm | fedprox | fedadam | fedyogi | fedadagrad``.
+        server_lr / server_momentum / mu / beta1 / beta2 / tau: algorithm options (``None`` = the
+            algorithm's default in :data:`ALGORITHM_DEFAULTS`).
+        partition: ``iid | dirichlet:ALPHA | quantity:BETA | user | cluster:K[:ALPHA]`` (see
+            :mod:`trustnlp.data.partition`).
+        num_clients: clients in the population (``None`` = 100, or one client per user for ``user``).
+        user_column: the user column for ``user`` (``None`` = ``user_id`` or ``speaker``).
+        clients_per_round: clients selected (uniformly, without replacement) in each round.
+        availability: probability that a client is available in a round (independently, seeded);
+            selection draws from the available clients only.
+        rounds: communication rounds.
+        local_epochs / local_steps: local training per round: ``local_epochs`` passes over the
+            client's data, or exactly ``local_steps`` optimiser steps when given.
+        batch_size: local (logical) batch size.
+        lr: local learning rate (``None`` = the architecture's default for the local optimiser,
+            ``trustnlp.federated.client.default_local_lr``: SGD 10 for ``bag``, 0.3 for ``cnn``, else
+            100 x the Adam default; a tenth of that with momentum; ``train.default_lr`` for Adam(W)).
+        local_optimizer: ``sgd`` (plain SGD, as in FedAvg), ``sgdm`` (momentum 0.9), ``adam``,
+            ``adamw``; its state starts afresh every round (clients keep no state).
+        weight_decay: local weight decay.
+        holdout: fraction of each client's examples held out for federated evaluation
+            (``floor(holdout * n_c)``; clients with fewer examples hold none out).
+        eval_every: evaluate (clients' held-out data and the central test set) every this many
+            rounds, and after the last (0 = after the last only).
+        vectorize: ``auto`` (train a round's clients batched with ``torch.func.vmap`` when the model
+            and optimiser allow it and a probe says it is faster), ``on`` or ``off``.
+        device / threads: where to run (see ``trustnlp.devices``) and torch threads.
+    """
+
+    task: Literal["classify", "tag", "lm"] = "classify"
+    model: str | None = None
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: Literal["wordpiece", "word"] = "wordpiece"
+    max_length: int | None = Field(None, ge=2, le=512)
+    seed: int = 0
+    algorithm: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_lr: float | None = Field(None, gt=0.0)
+    server_momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    mu: float | None = Field(None, ge=0.0)
+    beta1: float | None = Field(None, ge=0.0, lt=1.0)
+    beta2: float | None = Field(None, ge=0.0, lt=1.0)
+    tau: float | None = Field(None, gt=0.0)
+    partition: str = "iid"
+    num_clients: int | None = Field(None, ge=1)
+    user_column: str | None = None
+    clients_per_round: int = Field(10, ge=1)
+    availability: float = Field(1.0, gt=0.0, le=1.0)
+    rounds: int = Field(20, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    local_optimizer: Literal["sgd", "sgdm", "adam", "adamw"] = "sgd"
+    weight_decay: float = Field(0.0, ge=0.0)
+    holdout: float = Field(0.2, ge=0.0, lt=1.0)
+    eval_every: int = Field(1, ge=0)
+    vectorize: Literal["auto", "on", "off"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    threads: int | None = Field(None, ge=1)
+
+    @field_validator("partition")
+    @classmethod
+    def _partition_spec(cls, v: str) -> str:
+        from trustnlp.data.partition import parse_partition_spec
+
+        try:
+            parse_partition_spec(v)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("Expected `partition` to be ").split(", but got")[0]) from None
+        return v.strip().lower()
+
+    @model_validator(mode="after")
+    def _options_for_algorithm(self) -> FederatedConfig:
+        used = ALGORITHM_DEFAULTS[self.algorithm]
+        given = [k for k in _ALGORITHM_OPTIONS if getattr(self, k) is not None and k not in used]
+        if given:
+            raise ValueError(f"{given} do not apply to algorithm {self.algorithm!r} (its options are {sorted(used)})")
+        return self
+
+    def algorithm_options(self) -> dict[str, float]:
+        """The algorithm's options: the given ones, the defaults for the rest."""
+        return {k: (float(getattr(self, k)) if getattr(self, k) is not None else v)
+                for k, v in ALGORITHM_DEFAULTS[self.algorithm].items()}
+
+    def resolved_model(self) -> str:
+        """The architecture name (``model``, or the task's default)."""
+        return self.model or {"classify": "bag", "tag": "cnn", "lm": "lm"}[self.task]
