@@ -400,6 +400,55 @@ def fairness(
 
 
 @app.command()
+def federate(
+    data: DataOpt = "assistant",
+    task: TaskOpt = "classify",
+    model: Annotated[str | None, typer.Option("--model", help="bag | cnn | lstm | transformer | minilm | lm "
+                                              "(default: by task).")] = None,
+    algorithm: Annotated[str, typer.Option(help="fedavg | fedavgm | fedprox | fedadam | fedyogi | fedadagrad")]
+    = "fedavg",
+    partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | quantity:BETA | user | cluster:K")] = "iid",
+    num_clients: Annotated[int | None, typer.Option(help="Number of clients (user partition: default one per "
+                                                    "user).")] = None,
+    clients_per_round: Annotated[int | None, typer.Option(help="Clients selected per round.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    local_steps: Annotated[int | None, typer.Option(help="Local steps per round (instead of epochs).")] = None,
+    server_lr: Annotated[float | None, typer.Option(help="Server learning rate (default: by algorithm).")] = None,
+    mu: Annotated[float | None, typer.Option(help="FedProx proximal weight.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Client learning rate (default: by architecture).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Client batch size.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Rounds.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="wordpiece (MiniLM, public) | word")] = None,
+    vectorize: Annotated[str | None, typer.Option(help="Batched local training: auto | on | off")] = None,
+    out: OutOpt = Path("runs/federate"),
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Federated training on simulated devices that keep their text; per-round metrics and the model."""
+    from trustnlp.config import load_config
+    from trustnlp.federated.config import FederatedConfig
+    from trustnlp.federated.study import run_federated
+
+    given = {"data": data, "task": task, "model": model, "algorithm": algorithm, "partition": partition,
+             "num_clients": num_clients, "clients_per_round": clients_per_round, "local_epochs": local_epochs,
+             "local_steps": local_steps, "server_lr": server_lr, "mu": mu, "lr": lr, "batch_size": batch_size,
+             "rounds": rounds, "tokenizer": tokenizer, "vectorize": vectorize, "seed": seed, "data_dir": data_dir,
+             "corpus_size": corpus_size, "threads": threads}
+    ctx = click_context()
+    explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
+    cfg = load_config(config, FederatedConfig, **explicit) if config is not None else FederatedConfig(**explicit)
+    result = run_federated(cfg, out, progress=not quiet)
+    keys = [k for k in ("test_accuracy", "test_macro_f1", "test_slot_f1", "test_perplexity", "clients_accuracy_mean",
+                        "clients_accuracy_p10", "rounds", "client_updates_per_second") if k in result.metrics]
+    _summary(f"federate: {cfg.algorithm} on {cfg.data} ({cfg.partition})", result.metrics, keys)
+    console.print(f"Results: {out / 'results.json'}")
+
+
+@app.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
     out: OutOpt = Path("runs/report"),
