@@ -10,11 +10,12 @@ crash during a write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from trustnlp.errors import DataError
 from trustnlp.results import to_jsonable
 
-__all__ = ["save_checkpoint", "load_checkpoint", "optimizer_state_to_flat", "optimizer_state_from_flat", "split_tensors", "join_tensors"]
+__all__ = ["atomic_directory", "write_json_durable", "save_checkpoint", "load_checkpoint", "optimizer_state_to_flat", "optimizer_state_from_flat", "split_tensors", "join_tensors"]
 
 STATE_FILE = "state.json"
 
@@ -91,6 +92,38 @@ def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+@contextlib.contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Write a directory atomically: yields a temporary sibling to fill; on success it replaces
+    ``directory`` (the previous one is moved aside first and removed after), on error it is removed
+    and ``directory`` is untouched."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield tmp
+        old = None
+        if directory.exists():
+            old = directory.with_name(directory.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_durable(path: Path, payload: Any) -> None:
+    """Strict JSON (no NaN), flushed and fsynced (inside an :func:`atomic_directory`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
@@ -102,9 +135,7 @@ def save_checkpoint(
 ) -> Path:
     """Atomically write a checkpoint to ``directory`` (replacing any previous one)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         save_file(_model_tensors(model), str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = optimizer_state_to_flat(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -121,22 +152,7 @@ def save_checkpoint(
             "optimizer": to_jsonable(opt_meta),
             "scheduler": to_jsonable(scheduler.state_dict()) if scheduler is not None else None,
         }
-        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
-            json.dump(payload, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if directory.exists():
-            old = directory.with_name(directory.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_durable(tmp / STATE_FILE, payload)
     return directory
 
 

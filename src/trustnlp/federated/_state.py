@@ -10,9 +10,6 @@ half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from trustnlp.checkpoint import join_tensors, split_tensors
+from trustnlp.checkpoint import atomic_directory, join_tensors, split_tensors, write_json_durable
 from trustnlp.errors import DataError
 from trustnlp.results import to_jsonable
 
@@ -31,31 +28,14 @@ FORMAT = "trustnlp-federated-checkpoint"
 
 def save_round(directory: Path, *, model: torch.nn.Module, opt_state: Mapping[str, Any], state: Mapping[str, Any]) -> Path:
     """Atomically write the checkpoint of a finished round to ``directory``."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         plain_opt, opt_tensors = split_tensors(opt_state)
         tensors = {f"opt.{k}": v for k, v in opt_tensors.items()}
         tensors["rng.torch_cpu"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "server.safetensors"))
         payload = {"format": FORMAT, "format_version": 1, "state": to_jsonable(dict(state)), "opt_state": to_jsonable(plain_opt)}
-        with open(tmp / "state.json", "w", encoding="utf-8") as f:
-            json.dump(payload, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if directory.exists():
-            old = directory.with_name(directory.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_durable(tmp / "state.json", payload)
     return directory
 
 

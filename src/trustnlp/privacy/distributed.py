@@ -47,11 +47,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from torch.utils.data._utils.collate import default_collate
 
 from trustnlp.errors import ConfigError, DataError, expected
 from trustnlp.privacy.noise import NoiseSource
-from trustnlp.privacy.sampling import DPDataLoader, PoissonSampler, _EmptyBatchCollate, _IndexLists
+from trustnlp.privacy.sampling import DPDataLoader, PoissonSampler
 
 __all__ = [
     "DistributedDPDataLoader",
@@ -170,24 +169,15 @@ class DistributedDPDataLoader(DPDataLoader):
         world_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-            raise DataError(expected("dataset", "a map-style dataset with __len__ and __getitem__", type(dataset).__name__))
-        bad = [k for k in _FORBIDDEN if k in kwargs]
-        if bad:
-            raise ConfigError(f"DistributedDPDataLoader sets the batches by Poisson sampling; remove the option(s) {bad}.")
-        rank, world_size = _rank_world(rank, world_size)
-        self.poisson_sampler: DistributedPoissonSampler = DistributedPoissonSampler(
-            len(dataset), sampling_rate=sampling_rate, seed=seed, steps_per_epoch=steps_per_epoch, rank=rank,
-            world_size=world_size)
-        if isinstance(collate_fn, _EmptyBatchCollate):
-            collate_fn = collate_fn.collate_fn
-        DataLoader.__init__(  # DPDataLoader's own __init__ would build a single-process sampler
-            self,
-            dataset,
-            batch_sampler=_IndexLists(self.poisson_sampler),
-            collate_fn=_EmptyBatchCollate(collate_fn or default_collate, dataset),
-            **kwargs,
-        )
+        self._rank_world = _rank_world(rank, world_size)
+        super().__init__(dataset, sampling_rate=sampling_rate, seed=seed, steps_per_epoch=steps_per_epoch,
+                         collate_fn=collate_fn, **kwargs)
+
+    def _make_sampler(self, n: int, *, sampling_rate: float, steps_per_epoch: int | None,
+                      seed: int) -> DistributedPoissonSampler:
+        rank, world_size = self._rank_world
+        return DistributedPoissonSampler(n, sampling_rate=sampling_rate, seed=seed, steps_per_epoch=steps_per_epoch,
+                                         rank=rank, world_size=world_size)
 
     @property
     def rank(self) -> int:

@@ -394,8 +394,9 @@ class DPDataLoader(DataLoader):
             raise DataError(expected("dataset", "a map-style dataset with __len__ and __getitem__", type(dataset).__name__))
         bad = [k for k in _FORBIDDEN if k in kwargs]
         if bad:
-            raise ConfigError(f"DPDataLoader sets the batches by Poisson sampling; remove the option(s) {bad}.")
-        self.poisson_sampler = PoissonSampler(len(dataset), sampling_rate=sampling_rate, steps_per_epoch=steps_per_epoch, seed=seed)
+            raise ConfigError(f"{type(self).__name__} sets the batches by Poisson sampling; remove the option(s) {bad}.")
+        self.poisson_sampler = self._make_sampler(len(dataset), sampling_rate=sampling_rate,
+                                                  steps_per_epoch=steps_per_epoch, seed=seed)
         if isinstance(collate_fn, _EmptyBatchCollate):
             collate_fn = collate_fn.collate_fn
         super().__init__(
@@ -404,6 +405,10 @@ class DPDataLoader(DataLoader):
             collate_fn=_EmptyBatchCollate(collate_fn or default_collate, dataset),
             **kwargs,
         )
+
+    def _make_sampler(self, n: int, *, sampling_rate: float, steps_per_epoch: int | None, seed: int) -> PoissonSampler:
+        """The Poisson sampler of the batches (subclasses: e.g. a rank's share of a global draw)."""
+        return PoissonSampler(n, sampling_rate=sampling_rate, steps_per_epoch=steps_per_epoch, seed=seed)
 
     @property
     def sampling_rate(self) -> float:
