@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -43,3 +44,12 @@ def require_shared(name: str | None = None) -> Path:
 def shared_data() -> Path:
     """Path of ``../shared/data`` (relative to the repository root)."""
     return require_shared()
+
+
+@pytest.fixture
+def float64_default():
+    """Run the test with float64 as torch's default dtype (exact identities at rtol 1e-10)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

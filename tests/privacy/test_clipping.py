@@ -35,12 +35,7 @@ from trustnlp.privacy.clipping.grads import dot, merge, squared_norm
 V, B, T = 11, 5, 6
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class Toy(nn.Module):

@@ -56,12 +56,7 @@ EXPECTED_RULES = {  # module path suffix -> rule, checked where present
 }
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def build(name: str) -> tuple[nn.Module, Any]:

@@ -29,12 +29,7 @@ from trustnlp.privacy.sampling import DPDataLoader
 V, T, N = 30, 6, 16
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # -- models and data --------------------------------------------------------------------------------

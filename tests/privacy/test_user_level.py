@@ -33,12 +33,7 @@ V, B, T = 13, 8, 5
 GROUPS = torch.tensor([0, 2, 0, 3, 4, 2, 0, 4])
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class SeqModel(nn.Module):
