@@ -18,13 +18,16 @@ metadata is dropped, so rendering the same results twice gives the same bytes.
 
 from __future__ import annotations
 
+import contextvars
 import io
+import json
 import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import matplotlib
@@ -50,7 +53,9 @@ __all__ = [
     "make_figure",
     "numeric_columns",
     "plot_rows",
+    "read_artifact_json",
     "register_plotter",
+    "result_dir",
     "style",
 ]
 
@@ -296,4 +301,291 @@ def plot_audit(result: Result) -> list[Plot]:
                     "low FPR (left), empirical epsilon lower bounds against the claimed epsilon (right)"
                     + (f"; Spearman correlation of epsilon with AUC {rho:.3f}." if rho is not None else "."),
                     caption="Dashed: the non-private model. Right: every bound must stay below the dotted line."))
+    return out
+
+
+# -- federated learning (kind ``federate``) --------------------------------------------------------------
+#: The folder of the results file being plotted, so a plotter can read the run's artifacts (paths in
+#: ``Result.artifacts`` are relative to it). Set it with :func:`result_dir` around the plotter call.
+RESULT_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("trustnlp_report_result_dir", default=None)
+
+
+@contextmanager
+def result_dir(path: str | Path | None) -> Iterator[None]:
+    """Within the block, :func:`read_artifact_json` resolves artifacts relative to ``path``."""
+    token = RESULT_DIR.set(None if path is None else Path(path))
+    try:
+        yield
+    finally:
+        RESULT_DIR.reset(token)
+
+
+def read_artifact_json(result: Result, key: str) -> Any:
+    """The JSON artifact ``result.artifacts[key]`` (relative to :data:`RESULT_DIR`), or ``None`` when the
+    result names no such artifact, no result folder is set, or the file is missing."""
+    base, rel = RESULT_DIR.get(), result.artifacts.get(key)
+    if base is None or not isinstance(rel, str):
+        return None
+    path = base / rel
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+_FED_QUALITY = ("accuracy", "macro_f1", "slot_f1")
+
+
+def _fed_curve_groups(cols: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Per-round curves worth showing: losses; the central and client-weighted scores with the clients'
+    10th percentile and worst decile; perplexities (own axis)."""
+    have = set(cols)
+    losses = [c for c in ("train_loss", "test_loss", "clients_loss") if c in have]
+    quality = [c for m in _FED_QUALITY  # the distribution across clients for the first (main) score only
+               for c in (f"test_{m}", f"clients_{m}", f"clients_{m}_p10", f"clients_{m}_worst_decile")
+               if c in have and (m == "accuracy" or not c.endswith(("_p10", "_worst_decile")))]
+    perplexity = [c for c in ("test_perplexity", "clients_perplexity", "clients_perplexity_worst_decile") if c in have]
+    return [(label, cs) for label, cs in (("loss", losses), ("score", quality), ("perplexity", perplexity)) if cs]
+
+
+def _plot_fed_curves(result: Result) -> Plot | None:
+    rows = [r for r in result.rows if isinstance(r, Mapping)]
+    groups = _fed_curve_groups(numeric_columns(rows))
+    if not rows or not groups:
+        return None
+    fig, axes = make_figure(len(groups))
+    rounds = _series(rows, "round")
+    if all(math.isnan(v) for v in rounds):
+        rounds = [float(i + 1) for i in range(len(rows))]
+    for ax, (label, cols) in zip(axes, groups):
+        for col in cols:  # evaluation rounds only: connect the finite points (eval_every > 1 leaves gaps)
+            pts = [(x, y) for x, y in zip(rounds, _series(rows, col)) if not (math.isnan(x) or math.isnan(y))]
+            if pts:
+                dashed = col.endswith(("_p10", "_worst_decile"))
+                ax.plot(*zip(*pts), marker="o", markersize=2.5, linewidth=1.0 if dashed else 1.5,
+                        linestyle="--" if dashed else "-", label=col)
+        finite = [v for col in cols for v in _series(rows, col) if not math.isnan(v)]
+        if label == "perplexity" or (label == "loss" and finite and min(finite) > 0 and max(finite) > 100 * min(finite)):
+            ax.set_yscale("log")  # perplexities, and losses spanning orders of magnitude (a diverging run)
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.legend(loc="best", fontsize=7)
+    what = "; ".join(f"{label}: {', '.join(cs)}" for label, cs in groups)
+    metrics = result.metrics
+    algo = metrics.get("algorithm", "federated")
+    part = result.config.get("partition") if isinstance(result.config, Mapping) else None
+    return Plot("curves", fig, alt=f"Learning curves of {algo} over {len(rows)} round(s) ({what}).",
+                caption=f"{algo}, partition {part}, {metrics.get('num_clients', '?')} clients, "
+                        f"{metrics.get('clients_per_round', '?')} per round. test_*: the central test set; "
+                        "clients_*: example-weighted mean over the clients' held-out data, with the 10th "
+                        "percentile and the mean of the worst decile of clients (dashed).")
+
+
+def _plot_partition(part: Mapping[str, Any]) -> Plot | None:
+    """Client sizes (all clients, largest first) and the label mix of the largest clients (stacked
+    fractions), from ``partition.json`` (:meth:`trustnlp.data.partition.Partition.to_dict`)."""
+    sizes = sorted((int(s) for s in part.get("sizes") or ()), reverse=True)
+    if not sizes:
+        return None
+    plot = part.get("plot") if isinstance(part.get("plot"), Mapping) else {}
+    counts = plot.get("label_counts")
+    fig, axes = make_figure(2 if counts else 1)
+    ax = axes[0]
+    ax.bar(range(len(sizes)), sizes, width=1.0, color="C0")
+    ax.set_xlabel("client (largest first)")
+    ax.set_ylabel("training examples")
+    ax.set_yscale("log" if sizes[0] > 20 * max(sizes[-1], 1) else "linear")
+    stats = part.get("stats") if isinstance(part.get("stats"), Mapping) else {}
+    spec = part.get("spec", "?")
+    alt = (f"Partition {spec}: {len(sizes)} clients, sizes {sizes[-1]} to {sizes[0]} examples"
+           + (f" (CV {stats['size_cv']:.2f})" if _number(stats.get("size_cv")) is not None else ""))
+    if counts:
+        names = list(plot.get("label_names") or [])
+        k = max(len(r) for r in counts)
+        cmap = matplotlib.colormaps["tab20" if k <= 20 else "turbo"]
+        bottoms = [0.0] * len(counts)
+        totals = [max(sum(r), 1) for r in counts]
+        right = axes[1]
+        for j in range(k):
+            fr = [(r[j] if j < len(r) else 0) / t for r, t in zip(counts, totals)]
+            right.bar(range(len(counts)), fr, bottom=bottoms, width=0.9, color=cmap(j / max(k - 1, 1)),
+                      label=names[j] if j < len(names) else str(j), linewidth=0)
+            bottoms = [b + f for b, f in zip(bottoms, fr)]
+        right.set_ylim(0, 1)
+        right.set_xlabel(f"client ({len(counts)} largest)")
+        right.set_ylabel("label fraction")
+        if k <= 10:
+            right.legend(loc="upper right", fontsize=6)
+        tv = _number(stats.get("mean_tv_distance"))
+        alt += (f"; label mix of the {len(counts)} largest clients over {k} labels"
+                + (f", mean total-variation distance to the global mix {tv:.3f}" if tv is not None else ""))
+    return Plot("partition", fig, alt=alt + ".",
+                caption=f"Partition {spec}: client sizes (left)" + (", each client's label mix (right; one colour per "
+                                                                   "label)." if counts else "."))
+
+
+@register_plotter("federate")
+def plot_federate(result: Result) -> list[Plot]:
+    """Federated run: learning curves per round, and the partition (client sizes and label mix) from
+    the run's ``partition.json`` artifact when :func:`result_dir` is set."""
+    out = [p for p in (_plot_fed_curves(result),) if p is not None]
+    part = read_artifact_json(result, "partition")
+    if isinstance(part, Mapping):
+        p = _plot_partition(part)
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def _p_label(p: Any) -> str:
+    v = _number(p)
+    return "" if v is None else (f"p={v:.2g}" if v >= 1e-4 else "p<1e-4")
+
+
+@register_plotter("fairness")
+def plot_fairness(result: Result) -> list[Plot]:
+    """Fairness study: intrinsic effect sizes per test (one axis per kind; CEAT rows with the 2.5-97.5
+    percentile range of their sampled effect sizes; filled markers: p < 0.05), per-group rates with
+    bootstrap intervals, and APS by group."""
+    out: list[Plot] = []
+    rows = [r for r in result.rows if isinstance(r, Mapping) and _number(r.get("effect_size")) is not None]
+    kinds = list(dict.fromkeys(str(r.get("kind", "test")) for r in rows))[:3]
+    if rows:
+        fig, axes = make_figure(len(kinds))
+        for ax, kind in zip(axes, kinds):
+            sel = [r for r in rows if str(r.get("kind", "test")) == kind]
+            ys = list(range(len(sel)))[::-1]
+            for y, r in zip(ys, sel):
+                d = float(r["effect_size"])
+                spread = r.get("sampled_effect_sizes")
+                if isinstance(spread, Mapping) and _number(spread.get("p2.5")) is not None:
+                    ax.plot([spread["p2.5"], spread["p97.5"]], [y, y], color="C0", linewidth=1.2)
+                p = _number(r.get("p_value"))
+                sig = p is not None and p < 0.05
+                ax.plot([d], [y], marker="o", markersize=4, color="C0", markerfacecolor="C0" if sig else "white")
+            ax.set_yticks(ys, [str(r.get("test", "?")) for r in sel], fontsize=max(4, 8 - len(sel) // 8))
+            ax.axvline(0, color="grey", linestyle=":", linewidth=0.8)
+            ax.set_xlabel(f"{kind} effect size d")
+        out.append(Plot("effect-sizes", fig, alt=f"Effect sizes of {len(rows)} intrinsic test(s) by kind ("
+                        + ", ".join(kinds) + "): " + "; ".join(f"{r.get('test')} d={float(r['effect_size']):+.2f} "
+                                                               f"{_p_label(r.get('p_value'))}" for r in rows[:20])
+                        + ("; ..." if len(rows) > 20 else "."),
+                        caption="Filled: p < 0.05 (one-sided permutation p-value; CEAT: random-effects p-value). "
+                                "CEAT lines: 2.5-97.5 percentiles of the sampled effect sizes."))
+    ex = result.metrics.get("extrinsic")
+    if isinstance(ex, Mapping):
+        gm = ex.get("group_metrics")
+        if isinstance(gm, Mapping) and gm.get("by_group"):
+            p = _plot_group_metrics(gm)
+            if p is not None:
+                out.append(p)
+        sens = ex.get("sensitivity")
+        if isinstance(sens, Mapping) and _number(sens.get("aps")) is not None:
+            out.append(_plot_aps(sens, ex.get("counterfactual")))
+    return out
+
+
+def _plot_group_metrics(gm: Mapping[str, Any]) -> Plot | None:
+    metrics = [m for m in gm.get("metrics", []) if m in ("accuracy", "tpr", "fpr", "selection_rate")][:4]
+    groups = list(gm.get("groups", gm["by_group"].keys()))
+    if not metrics or not groups:
+        return None
+    fig, axes = make_figure(len(metrics))
+    words = []
+    for ax, m in zip(axes, metrics):
+        iv = (gm.get("intervals") or {}).get(m) or {}
+        for i, g in enumerate(groups):
+            v = _number((gm["by_group"].get(g) or {}).get(m))
+            if v is None:
+                ax.text(i, 0.02, "undefined", rotation=90, fontsize=6, ha="center")
+                continue
+            ci = iv.get(f"group:{g}")
+            err = [[v - ci[0]], [ci[1] - v]] if ci else None
+            ax.bar(i, v, color=f"C{i}", yerr=err, capsize=3)
+            words.append(f"{m} {g} {v:.3f}")
+        ax.set_xticks(range(len(groups)), groups, fontsize=7)
+        diff = _number((gm.get("difference") or {}).get(m))
+        ax.set_title(f"{m}" + (f" (gap {diff:.3f})" if diff is not None else ""), fontsize=8)
+        ax.set_ylim(0, 1.05)
+    return Plot("group-gaps", fig, alt="Per-group rates with bootstrap intervals: " + ", ".join(words) + ".",
+                caption=f"Bars: per-group value; whiskers: {gm.get('confidence', 0.95):.0%} percentile bootstrap "
+                        f"intervals ({gm.get('n_bootstrap')} replicates, resampled within groups).")
+
+
+def _plot_aps(sens: Mapping[str, Any], cf: Any) -> Plot:
+    by = {g: v for g, v in (sens.get("by_group") or {}).items() if _number(v) is not None}
+    fig, (left, right) = make_figure(2)
+    left.bar(range(len(by)), list(by.values()), color=[f"C{i}" for i in range(len(by))])
+    left.set_xticks(range(len(by)), list(by), fontsize=7)
+    left.axhline(float(sens["aps"]), color="grey", linestyle="--", linewidth=1, label=f"APS {float(sens['aps']):.4f}")
+    left.set_ylabel("mean prediction sensitivity")
+    left.legend(loc="best", fontsize=7)
+    flips = {}
+    if isinstance(cf, Mapping):
+        flips = {g: v.get("flip_rate") for g, v in (cf.get("by_group") or {}).items()
+                 if isinstance(v, Mapping) and _number(v.get("flip_rate")) is not None}
+    right.bar(range(len(flips)), list(flips.values()), color=[f"C{i}" for i in range(len(flips))])
+    right.set_xticks(range(len(flips)), list(flips), fontsize=7)
+    right.set_ylabel("counterfactual flip rate")
+    return Plot("aps", fig, alt=f"Prediction sensitivity: APS {float(sens['aps']):.4f}; by group "
+                + ", ".join(f"{g} {v:.4f}" for g, v in by.items())
+                + (("; counterfactual flip rate by group " + ", ".join(f"{g} {v:.3f}" for g, v in flips.items()))
+                   if flips else "") + ".",
+                caption="Left: mean PS per group (dashed: APS over all examples). Right: share of predictions that "
+                        "change when gender terms are swapped, per group.")
+
+
+@register_plotter("fairness-graded")
+def plot_fairness_graded(result: Result) -> list[Plot]:
+    """Graded-bias study: extrinsic metrics against the planted bias per architecture, an intrinsic
+    metric against an extrinsic one across models, and per-group accuracy against DP epsilon."""
+    rows = [r for r in result.rows if isinstance(r, Mapping) and _number(r.get("planted_bias")) is not None]
+    out: list[Plot] = []
+    if rows:
+        fig, (left, right) = make_figure(2)
+        archs = list(dict.fromkeys(str(r.get("architecture")) for r in rows))
+        styles = ["-", "--", ":", "-."]
+        for j, arch in enumerate(archs):
+            sel = sorted((r for r in rows if str(r.get("architecture")) == arch), key=lambda r: r["planted_bias"])
+            xs = [r["planted_bias"] for r in sel]
+            for i, key in enumerate(("tpr_gap", "fpr_gap", "counterfactual_flip_rate", "aps")):
+                left.plot(xs, _series(sel, key), marker="o", markersize=3, color=f"C{i}",
+                          linestyle=styles[j % len(styles)], label=f"{key} ({arch})")
+            right.scatter(_series(sel, "weat_mean_abs"), _series(sel, "counterfactual_flip_rate"), s=14,
+                          label=arch)
+        left.set_xlabel("planted bias q")
+        left.set_ylabel("extrinsic metric")
+        left.legend(loc="best", fontsize=5)
+        right.set_xlabel("mean |WEAT d| (own gender tests)")
+        right.set_ylabel("counterfactual flip rate")
+        right.legend(loc="best", fontsize=7)
+        corr = next((c for c in result.metrics.get("correlations", []) if isinstance(c, Mapping)
+                     and c.get("intrinsic") == "weat_mean_abs" and c.get("extrinsic") == "counterfactual_flip_rate"), {})
+        rho = _number(corr.get("spearman"))
+        out.append(Plot("graded", fig, alt=f"Extrinsic metrics against planted bias for {len(rows)} models "
+                        f"({', '.join(archs)}), and mean absolute WEAT effect size against counterfactual flip rate"
+                        + (f" (Spearman {rho:+.2f}, p {corr.get('spearman_p'):.2g})." if rho is not None else "."),
+                        caption="Left: line style = architecture. Right: one dot per model."))
+    dp = [r for r in result.metrics.get("dp_disparate_impact", []) if isinstance(r, Mapping)]
+    if dp:
+        fig, (ax,) = make_figure()
+        labels = [_eps_label(r) for r in dp]
+        groups = list(dict.fromkeys(g for r in dp for g in (r.get("accuracy_by_group") or {})))
+        width = 0.8 / max(1, len(groups))
+        for i, g in enumerate(groups):
+            vals, errs = [], [[], []]
+            for r in dp:
+                v = _number((r.get("accuracy_by_group") or {}).get(g))
+                ci = (r.get("accuracy_interval_by_group") or {}).get(g)
+                vals.append(math.nan if v is None else v)
+                errs[0].append(v - ci[0] if ci and v is not None else 0.0)
+                errs[1].append(ci[1] - v if ci and v is not None else 0.0)
+            ax.bar([k + (i - (len(groups) - 1) / 2) * width for k in range(len(dp))], vals, width, yerr=errs,
+                   capsize=2, color=f"C{i}", label=g)
+        ax.set_xticks(range(len(dp)), labels)
+        ax.set_ylabel("test accuracy")
+        ax.legend(loc="best", fontsize=7)
+        out.append(Plot("dp-disparate-impact", fig, alt="Per-group test accuracy by privacy budget: " + "; ".join(
+            f"{lab}: " + ", ".join(f"{g} {v:.3f}" for g, v in (r.get("accuracy_by_group") or {}).items()
+                                   if _number(v) is not None) for lab, r in zip(labels, dp)) + ".",
+            caption="Whiskers: percentile bootstrap intervals (resampled within groups)."))
     return out

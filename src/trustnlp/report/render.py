@@ -261,7 +261,7 @@ def _section(path: Path, name: str, slug: str, result: Result, out: Path, show_s
     plotter = plots.get_plotter(result.kind)
     if plotter is not None:
         try:
-            with plots.style():
+            with plots.style(), plots.result_dir(path.parent):
                 made = plotter(shown)
         except Exception as e:  # noqa: BLE001 -- a broken plotter must not hide the rest of the report
             made = []

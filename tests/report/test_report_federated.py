@@ -1,0 +1,90 @@
+"""Report figures for federated runs (kind ``federate``): learning curves and the partition."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trustnlp.report import plots, render_report
+from trustnlp.results import Result, read_result
+
+
+@pytest.fixture(scope="module")
+def fed_run(tmp_path_factory) -> Path:
+    """A tiny federated run: 6 clients with label skew, 3 per round, 4 rounds evaluated every 2."""
+    from trustnlp.federated import FederatedConfig, run_federated
+
+    out = tmp_path_factory.mktemp("fed") / "run"
+    cfg = FederatedConfig(data="assistant", corpus_size=300, corpus_users=10, tokenizer="word", partition="dirichlet:0.5",
+                          num_clients=6, clients_per_round=3, rounds=4, eval_every=2, batch_size=16, device="cpu",
+                          vectorize="off", seed=3, threads=1)
+    threads = torch.get_num_threads()
+    try:
+        run_federated(cfg, out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _lines(fig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {ln.get_label(): (np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float))
+            for ax in fig.axes for ln in ax.get_lines()}
+
+
+def test_curves_follow_the_rows(fed_run: Path) -> None:
+    result = read_result(fed_run / "results.json")
+    made = {p.name: p for p in plots.plot_federate(result)}
+    assert set(made) == {"curves"}  # no result folder set: the partition artifact cannot be resolved
+    lines = _lines(made["curves"].figure)
+    rows = result.rows
+    x, y = lines["train_loss"]
+    np.testing.assert_array_equal(x, [r["round"] for r in rows])
+    np.testing.assert_allclose(y, [r["train_loss"] for r in rows], rtol=1e-12)
+    # evaluated on rounds 2 and 4 only: the curve joins those points, no NaN gaps
+    for col in ("test_accuracy", "clients_accuracy", "clients_accuracy_p10", "clients_accuracy_worst_decile"):
+        x, y = lines[col]
+        np.testing.assert_array_equal(x, [2, 4])
+        np.testing.assert_allclose(y, [r[col] for r in rows if col in r], rtol=1e-12)
+    assert lines["test_accuracy"][1][-1] == pytest.approx(result.metrics["test_accuracy"], rel=1e-12)
+    assert "clients_accuracy_p90" not in lines and "clients_evaluated" not in lines
+
+
+def test_partition_figure_from_the_artifact(fed_run: Path) -> None:
+    result = read_result(fed_run / "results.json")
+    part = json.loads((fed_run / "partition.json").read_text())
+    with plots.result_dir(fed_run):
+        made = {p.name: p for p in plots.plot_federate(result)}
+    assert set(made) == {"curves", "partition"}
+    sizes_ax, mix_ax = made["partition"].figure.axes
+    heights = [b.get_height() for b in sizes_ax.patches]
+    assert heights == sorted(part["sizes"], reverse=True) and sum(heights) == result.metrics["num_train"]
+    counts = np.asarray(part["plot"]["label_counts"], float)
+    k = counts.shape[1]
+    bars = np.asarray([b.get_height() for b in mix_ax.patches], float).reshape(k, len(counts))  # label-major
+    np.testing.assert_allclose(bars.T, counts / counts.sum(axis=1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(bars.sum(axis=0), 1.0, rtol=1e-12)
+    assert "6 clients" in made["partition"].alt
+
+
+def test_render_report_writes_federated_figures(fed_run: Path, tmp_path: Path) -> None:
+    report = render_report([fed_run], tmp_path / "report", title="federated")  # finds partition.json itself
+    names = sorted(p.name for p in report.figures)
+    assert names == ["run-curves.png", "run-curves.svg", "run-partition.png", "run-partition.svg"]
+    for p in report.figures:
+        assert p.is_file() and p.stat().st_size > 1000
+    png = (tmp_path / "report" / "figures" / "run-curves.png").read_bytes()
+    assert struct.unpack(">II", png[16:24]) == (750, 320)  # the report's fixed figure size
+    html = report.html_path.read_text()
+    assert "Learning curves of fedavg over 4 round(s)" in html and "failed" not in html
+
+
+def test_plotter_without_rows_or_artifact(tmp_path: Path) -> None:
+    empty = Result(kind="federate", config={}, seed=0, data={}, metrics={}, rows=(), artifacts={"partition": "missing.json"})
+    with plots.result_dir(tmp_path):
+        assert plots.plot_federate(empty) == []
+    assert plots.get_plotter("federate") is plots.plot_federate
