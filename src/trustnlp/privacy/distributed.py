@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from trustnlp.errors import ConfigError, DataError, expected
 from trustnlp.privacy.noise import NoiseSource
-from trustnlp.privacy.sampling import DPDataLoader, PoissonSampler
+from trustnlp.privacy.sampling import DPDataLoader, PoissonSampler, loader_options
 
 __all__ = [
     "DistributedDPDataLoader",
@@ -123,21 +123,6 @@ class DistributedPoissonSampler(PoissonSampler):
         )
 
 
-def _loader_options(loader: DataLoader) -> dict[str, Any]:
-    """The options of ``loader`` other than its batching (workers, pinning, ...)."""
-    options: dict[str, Any] = {
-        "num_workers": loader.num_workers, "pin_memory": loader.pin_memory, "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn, "multiprocessing_context": loader.multiprocessing_context,
-        "generator": loader.generator, "persistent_workers": loader.persistent_workers,
-        "pin_memory_device": loader.pin_memory_device,
-    }
-    if loader.num_workers > 0:
-        options["prefetch_factor"] = loader.prefetch_factor
-    if hasattr(loader, "in_order"):
-        options["in_order"] = loader.in_order
-    return options
-
-
 class DistributedDPDataLoader(DPDataLoader):
     """A :class:`~trustnlp.privacy.sampling.DPDataLoader` yielding this rank's share of each global
     Poisson batch (:class:`DistributedPoissonSampler`); shares may be empty (collated to empty
@@ -206,7 +191,7 @@ class DistributedDPDataLoader(DPDataLoader):
                 raise DataError("Expected a non-empty DataLoader, but got one with 0 batches.")
             sampling_rate = 1 / len(loader)
         return cls(loader.dataset, sampling_rate=sampling_rate, seed=seed, steps_per_epoch=steps_per_epoch,
-                   collate_fn=loader.collate_fn, rank=rank, world_size=world_size, **_loader_options(loader))
+                   collate_fn=loader.collate_fn, rank=rank, world_size=world_size, **loader_options(loader))
 
 
 def ddp_loader(data_loader: DataLoader, *, poisson_sampling: bool, sampling_rate: float | None, seed: int,

@@ -42,6 +42,7 @@ from trustnlp.privacy.budget import BudgetGuard
 from trustnlp.privacy.clipping import PerSampleClipper
 from trustnlp.privacy.distributed import NoisyAllReduce
 from trustnlp.privacy.noise import NoiseSource
+from trustnlp.privacy.sampling import loader_options
 
 __all__ = ["BatchMemoryManager", "DPOptimizer"]
 
@@ -290,13 +291,7 @@ class BatchMemoryManager:
     def __enter__(self) -> DataLoader:
         loader = self.data_loader
         expected_size = getattr(loader, "expected_batch_size", None) or loader.batch_size or self.max_physical_batch_size
-        options: dict[str, Any] = {
-            "num_workers": loader.num_workers, "pin_memory": loader.pin_memory, "timeout": loader.timeout,
-            "worker_init_fn": loader.worker_init_fn, "multiprocessing_context": loader.multiprocessing_context,
-            "generator": loader.generator, "persistent_workers": loader.persistent_workers,
-        }
-        if loader.num_workers > 0:
-            options["prefetch_factor"] = loader.prefetch_factor
+        options = loader_options(loader)
         self.optimizer._skip.clear()
         return DataLoader(
             loader.dataset,

@@ -360,6 +360,22 @@ class _EmptyBatchCollate:
 _FORBIDDEN = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
 
 
+def loader_options(loader: DataLoader) -> dict[str, Any]:
+    """The options of ``loader`` other than its batching (workers, pinning, generator, ...), to build
+    another loader over the same data that batches differently."""
+    options: dict[str, Any] = {
+        "num_workers": loader.num_workers, "pin_memory": loader.pin_memory, "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn, "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator, "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device,
+    }
+    if loader.num_workers > 0:
+        options["prefetch_factor"] = loader.prefetch_factor
+    if hasattr(loader, "in_order"):
+        options["in_order"] = loader.in_order
+    return options
+
+
 class DPDataLoader(DataLoader):
     """A ``DataLoader`` over a map-style dataset whose batches are Poisson samples (for DP-SGD).
 
@@ -445,15 +461,6 @@ class DPDataLoader(DataLoader):
             if len(loader) == 0:
                 raise DataError("Expected a non-empty DataLoader, but got one with 0 batches.")
             sampling_rate = 1 / len(loader)
-        options: dict[str, Any] = {
-            "num_workers": loader.num_workers, "pin_memory": loader.pin_memory, "timeout": loader.timeout,
-            "worker_init_fn": loader.worker_init_fn, "multiprocessing_context": loader.multiprocessing_context,
-            "generator": loader.generator, "persistent_workers": loader.persistent_workers,
-            "pin_memory_device": loader.pin_memory_device,
-        }
-        if loader.num_workers > 0:
-            options["prefetch_factor"] = loader.prefetch_factor
-        if hasattr(loader, "in_order"):
-            options["in_order"] = loader.in_order
+        options = loader_options(loader)
         return cls(loader.dataset, sampling_rate=sampling_rate, seed=seed, steps_per_epoch=steps_per_epoch,
                    collate_fn=loader.collate_fn, **options)
