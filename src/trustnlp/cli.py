@@ -32,8 +32,8 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 # -- the shared option vocabulary ------------------------------------------------------------------
-DataOpt = Annotated[str, typer.Option("--data", help="assistant (built-in), clinc150, snips, snips-original, "
-                                      "tinyshakespeare, a CSV/JSONL file or folder, or hf:NAME.")]
+DataOpt = Annotated[str, typer.Option("--data", help="assistant (= builtin), clinc150, snips, snips-original, "
+                                      "tinyshakespeare (= shakespeare), a CSV/JSONL file or folder, or hf:NAME.")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Where named data sets are looked up first "
                                                   "(then $TRUSTNLP_DATA_DIR, then ../shared/data).")]
 TaskOpt = Annotated[str, typer.Option("--task", help="classify | tag (intent + slots) | lm")]

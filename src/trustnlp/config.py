@@ -29,6 +29,9 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DATA_ALIASES = {"builtin": "assistant", "shakespeare": "tinyshakespeare"}
+
+
 class DataConfig(_Base):
     """Which data set to load and how to split it.
 
@@ -53,6 +56,12 @@ class DataConfig(_Base):
     test: float = Field(0.1, ge=0.0, lt=1.0)
     corpus_size: int | None = Field(None, ge=100)
     corpus_users: int | None = Field(None, ge=1)
+
+    @field_validator("data")
+    @classmethod
+    def _data_alias(cls, v: str) -> str:
+        """``builtin`` is the built-in ``assistant`` corpus; ``shakespeare`` is ``tinyshakespeare``."""
+        return DATA_ALIASES.get(v.strip().lower(), v) if isinstance(v, str) else v
 
 
 class TrainConfig(DataConfig):

@@ -27,3 +27,11 @@ def test_config_errors_name_the_field(tmp_path):
     p.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p, TrainConfig)
+
+
+def test_data_aliases_name_the_canonical_data_sets() -> None:
+    from trustnlp.config import DataConfig, TrainConfig
+
+    assert DataConfig(data="builtin").data == "assistant"
+    assert TrainConfig(data="Shakespeare").data == "tinyshakespeare"
+    assert DataConfig(data="clinc150").data == "clinc150"

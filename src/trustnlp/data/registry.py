@@ -148,6 +148,7 @@ def load_dataset(
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"Expected a data set name or path, but got {spec!r}.")
     name = spec.strip().lower().replace("_", "-")
+    name = {"builtin": "assistant", "shakespeare": "tinyshakespeare"}.get(name, name)
     if name in NAMED_DATASETS:
         from trustnlp.data import loaders
 
