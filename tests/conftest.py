@@ -53,3 +53,19 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``trustnlp ARGS...`` as a user does: a separate process, offline; returns the completed process."""
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "trustnlp.cli", *args], capture_output=True, text=True,
+                              env=CLI_ENV, timeout=600)
+
+    return run

@@ -1,22 +1,11 @@
 """`trustnlp extract` end to end (a separate process, offline)."""
 
-import os
-import subprocess
-import sys
-
 from trustnlp.results import read_result
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trustnlp.cli", *args], capture_output=True, text=True, env=ENV,
-                          timeout=600)
-
-
-def test_extract_cli_writes_one_row_per_setting(tmp_path) -> None:
+def test_extract_cli_writes_one_row_per_setting(tmp_path, run_cli) -> None:
     out = tmp_path / "ext"
-    proc = _cli("extract", "--corpus-size", "1500", "--model", "bag", "--repetitions", "1,2", "--epsilons", "inf",
+    proc = run_cli("extract", "--corpus-size", "1500", "--model", "bag", "--repetitions", "1,2", "--epsilons", "inf",
                 "--n-canaries", "10", "--epochs", "1", "--seed", "4", "--threads", "1", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     res = read_result(out / "results.json")
@@ -29,6 +18,6 @@ def test_extract_cli_writes_one_row_per_setting(tmp_path) -> None:
         assert r["n_canaries"] == 10 and r["chance"] == 1e-4
 
 
-def test_extract_cli_rejects_bad_repetitions(tmp_path) -> None:
-    proc = _cli("extract", "--repetitions", "1,two", "--out", str(tmp_path))
+def test_extract_cli_rejects_bad_repetitions(tmp_path, run_cli) -> None:
+    proc = run_cli("extract", "--repetitions", "1,two", "--out", str(tmp_path))
     assert proc.returncode == 2 and "Expected `repetitions` to be comma-separated integers" in proc.stderr

@@ -1,18 +1,12 @@
 """`trustnlp fairness` end to end (a separate process, offline, real MiniLM; the project's own tests)."""
 
-import os
-import subprocess
-import sys
-
 from trustnlp.results import read_result
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-
-def test_fairness_cli_writes_weat_rows(tmp_path) -> None:
+def test_fairness_cli_writes_weat_rows(tmp_path, run_cli) -> None:
     out = tmp_path / "fair"
-    proc = subprocess.run([sys.executable, "-m", "trustnlp.cli", "fairness", "--tests", "weat", "--names",
-                           "flowers-insects", "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=600)
+    proc = run_cli("fairness", "--tests", "weat", "--names",
+                           "flowers-insects", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     res = read_result(out / "results.json")
     (row,) = res.rows
@@ -20,7 +14,7 @@ def test_fairness_cli_writes_weat_rows(tmp_path) -> None:
     assert row["effect_size"] > 0.5 and 0 <= row["p_value"] < 0.05  # flowers are pleasant for MiniLM too
 
 
-def test_fairness_cli_names_an_unknown_test(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "trustnlp.cli", "fairness", "--tests", "weat,nope", "--out",
-                           str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=600)
+def test_fairness_cli_names_an_unknown_test(tmp_path, run_cli) -> None:
+    proc = run_cli("fairness", "--tests", "weat,nope", "--out",
+                           str(tmp_path))
     assert proc.returncode == 2 and "nope" in proc.stderr

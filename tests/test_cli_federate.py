@@ -1,22 +1,11 @@
 """`trustnlp federate` end to end (a separate process, offline)."""
 
-import os
-import subprocess
-import sys
-
 from trustnlp.results import read_result
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trustnlp.cli", *args], capture_output=True, text=True, env=ENV,
-                          timeout=600)
-
-
-def test_federate_cli_writes_rounds_metrics_and_model(tmp_path) -> None:
+def test_federate_cli_writes_rounds_metrics_and_model(tmp_path, run_cli) -> None:
     out = tmp_path / "fed"
-    proc = _cli("federate", "--corpus-size", "1500", "--model", "bag", "--tokenizer", "word", "--algorithm", "fedprox",
+    proc = run_cli("federate", "--corpus-size", "1500", "--model", "bag", "--tokenizer", "word", "--algorithm", "fedprox",
                 "--mu", "0.01", "--partition", "dirichlet:0.5", "--num-clients", "8", "--clients-per-round", "4",
                 "--rounds", "3", "--seed", "2", "--threads", "1", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -27,6 +16,6 @@ def test_federate_cli_writes_rounds_metrics_and_model(tmp_path) -> None:
     assert (out / "model").is_dir()
 
 
-def test_federate_cli_refuses_an_option_of_another_algorithm(tmp_path) -> None:
-    proc = _cli("federate", "--algorithm", "fedavg", "--mu", "0.1", "--out", str(tmp_path))
+def test_federate_cli_refuses_an_option_of_another_algorithm(tmp_path, run_cli) -> None:
+    proc = run_cli("federate", "--algorithm", "fedavg", "--mu", "0.1", "--out", str(tmp_path))
     assert proc.returncode == 2 and "mu" in proc.stderr
