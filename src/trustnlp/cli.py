@@ -420,6 +420,16 @@ def federate(
     rounds: Annotated[int | None, typer.Option(help="Rounds.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="wordpiece (MiniLM, public) | word")] = None,
     vectorize: Annotated[str | None, typer.Option(help="Batched local training: auto | on | off")] = None,
+    selection: Annotated[str | None, typer.Option(help="uniform | activity[:BETA] | power-of-choice[:D] | "
+                                                  "availability[:HOURS] | oort")] = None,
+    aggregation: Annotated[str | None, typer.Option(help="sample | horvitz-thompson")] = None,
+    setting: Annotated[str | None, typer.Option(help="static | continual")] = None,
+    periods: Annotated[int | None, typer.Option(help="Continual: time periods.")] = None,
+    arrival: Annotated[str | None, typer.Option(help="Continual: auto | timestamp | poisson")] = None,
+    retention: Annotated[int | None, typer.Option(help="Continual: periods a device keeps an example.")] = None,
+    storage: Annotated[int | None, typer.Option(help="Continual: examples a device holds at most.")] = None,
+    deletion: Annotated[str | None, typer.Option(help="Continual: fifo | random")] = None,
+    replay: Annotated[int | None, typer.Option(help="Continual: replay buffer of deleted examples.")] = None,
     out: OutOpt = Path("runs/federate"),
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
@@ -437,13 +447,16 @@ def federate(
              "num_clients": num_clients, "clients_per_round": clients_per_round, "local_epochs": local_epochs,
              "local_steps": local_steps, "server_lr": server_lr, "mu": mu, "lr": lr, "batch_size": batch_size,
              "rounds": rounds, "tokenizer": tokenizer, "vectorize": vectorize, "seed": seed, "data_dir": data_dir,
-             "corpus_size": corpus_size, "threads": threads}
+             "corpus_size": corpus_size, "threads": threads, "selection": selection, "aggregation": aggregation,
+             "setting": setting, "periods": periods, "arrival": arrival, "retention": retention, "storage": storage,
+             "deletion": deletion, "replay": replay}
     ctx = click_context()
     explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
     cfg = load_config(config, FederatedConfig, **explicit) if config is not None else FederatedConfig(**explicit)
     result = run_federated(cfg, out, progress=not quiet)
     keys = [k for k in ("test_accuracy", "test_macro_f1", "test_slot_f1", "test_perplexity", "clients_accuracy_mean",
-                        "clients_accuracy_p10", "rounds", "client_updates_per_second") if k in result.metrics]
+                        "clients_accuracy_p10", "future_accuracy_mean_over_periods", "future_perplexity_mean_over_periods",
+                        "rounds", "client_updates_per_second") if k in result.metrics]
     _summary(f"federate: {cfg.algorithm} on {cfg.data} ({cfg.partition})", result.metrics, keys)
     console.print(f"Results: {out / 'results.json'}")
 

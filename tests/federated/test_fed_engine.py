@@ -148,13 +148,13 @@ def test_uniform_selection_and_availability_statistics() -> None:
     sel = UniformSelector(5, seed=3)
     counts = np.zeros(20)
     for rnd in range(1, 3001):
-        chosen = sel.select(rnd, np.arange(20))
+        chosen = sel.select(rnd, np.arange(20)).clients
         assert len(set(chosen.tolist())) == 5
         counts[chosen] += 1
     assert stats.chisquare(counts).pvalue > 1e-3
-    assert np.array_equal(sel.select(7, np.arange(20)), UniformSelector(5, seed=3).select(7, np.arange(20)))
-    assert not np.array_equal(sel.select(7, np.arange(20)), sel.select(8, np.arange(20)))
-    assert sel.select(1, np.array([4, 2])).tolist() == [2, 4]  # fewer available than asked: all of them
+    assert np.array_equal(sel.select(7, np.arange(20)).clients, UniformSelector(5, seed=3).select(7, np.arange(20)).clients)
+    assert not np.array_equal(sel.select(7, np.arange(20)).clients, sel.select(8, np.arange(20)).clients)
+    assert sel.select(1, np.array([4, 2])).clients.tolist() == [2, 4]  # fewer available than asked: all of them
     # availability 0.3 over 50 clients x 400 rounds: the online fraction is Binomial(20000, 0.3), |z| < 4
     online = sum(len(available_clients(np.full(50, 0.3), seed=1, round=r)) for r in range(1, 401))
     assert abs(online - 6000) / np.sqrt(20000 * 0.3 * 0.7) < 4

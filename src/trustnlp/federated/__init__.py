@@ -16,7 +16,19 @@ from trustnlp.federated.client import Client, LocalTraining, client_seed, local_
 from trustnlp.federated.config import ALGORITHM_DEFAULTS, ALGORITHMS, FederatedConfig
 from trustnlp.federated.engine import SimulationResult, simulate
 from trustnlp.federated.evaluation import ClientEvaluation, evaluate_clients
-from trustnlp.federated.selection import Selector, UniformSelector, available_clients
+from trustnlp.federated.selection import (
+    ActivitySelector,
+    AvailabilitySelector,
+    OortSelector,
+    PowerOfChoiceSelector,
+    Selection,
+    SelectionContext,
+    Selector,
+    UniformSelector,
+    available_clients,
+    inclusion_probabilities,
+    make_selector,
+)
 from trustnlp.federated.strategy import (
     ClientUpdate,
     FedAdagrad,
@@ -35,6 +47,14 @@ from trustnlp.federated.study import make_clients, run_federated
 from trustnlp.federated.vectorized import train_vectorized, vectorization_blocker
 
 __all__ = [
+    "ActivitySelector",
+    "AvailabilitySelector",
+    "OortSelector",
+    "PowerOfChoiceSelector",
+    "Selection",
+    "SelectionContext",
+    "inclusion_probabilities",
+    "make_selector",
     "ALGORITHMS",
     "ALGORITHM_DEFAULTS",
     "Client",

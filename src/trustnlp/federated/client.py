@@ -52,7 +52,7 @@ def default_local_lr(model: torch.nn.Module, optimizer: str) -> float:
 
 def subset(data: EncodedData, index: np.ndarray | torch.Tensor) -> EncodedData:
     """The examples at ``index`` (padding cut to their longest input)."""
-    idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+    idx = torch.as_tensor(np.array(index, dtype=np.int64), dtype=torch.long)  # a copy: read-only views welcome
     mask = data.attention_mask[idx]
     t = max(int(mask.sum(dim=1).max()) if len(idx) else 1, 1)
     return EncodedData(

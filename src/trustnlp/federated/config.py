@@ -78,6 +78,17 @@ class FederatedConfig(DataConfig):
         vectorize: ``auto`` (train a round's clients batched with ``torch.func.vmap`` when the model
             and optimiser allow it and a probe says it is faster), ``on`` or ``off``.
         device / threads: where to run (see ``trustnlp.devices``) and torch threads.
+        selection: who is picked each round: ``uniform | activity[:BETA] | power-of-choice[:D] |
+            availability[:HOURS] | oort`` (:mod:`trustnlp.federated.selection`).
+        aggregation: ``sample`` (example-weighted mean of the selected updates) or ``horvitz-thompson``
+            (weights ``n_k / (N pi_k)``, unbiased for full participation; needs a selector with known ``pi_k``).
+        rounds_per_day: rounds in a simulated day (the ``availability`` selector's clock).
+        setting: ``static`` (all data from round 1) or ``continual`` (:mod:`trustnlp.federated.settings`):
+            ``periods`` time periods (rounds spread evenly over them), examples arrive by ``arrival``
+            (``timestamp``: the data's timestamps (tinyshakespeare: the line order); ``poisson``: a
+            Poisson process per device; ``auto``: timestamps when the data has them), a device keeps an
+            example ``retention`` periods and at most ``storage`` examples (``deletion`` ``fifo`` or
+            ``random``), with an optional ``replay`` buffer of deleted examples.
     """
 
     task: Literal["classify", "tag", "lm"] = "classify"
@@ -110,6 +121,46 @@ class FederatedConfig(DataConfig):
     vectorize: Literal["auto", "on", "off"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     threads: int | None = Field(None, ge=1)
+    selection: str = "uniform"
+    aggregation: Literal["sample", "horvitz-thompson"] = "sample"
+    rounds_per_day: int = Field(24, ge=1)
+    setting: Literal["static", "continual"] = "static"
+    periods: int = Field(10, ge=1)
+    arrival: Literal["auto", "timestamp", "poisson"] = "auto"
+    retention: int | None = Field(None, ge=1)
+    storage: int | None = Field(None, ge=1)
+    deletion: Literal["fifo", "random"] = "fifo"
+    replay: int = Field(0, ge=0)
+
+    @field_validator("selection")
+    @classmethod
+    def _selection_spec(cls, v: str) -> str:
+        from trustnlp.federated.selection import parse_selection_spec
+
+        try:
+            parse_selection_spec(v)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("Expected `selection` to be ").split(", but got")[0]) from None
+        return v.strip().lower()
+
+    @model_validator(mode="after")
+    def _selection_and_setting(self) -> FederatedConfig:
+        from trustnlp.federated.selection import parse_selection_spec
+
+        kind, _ = parse_selection_spec(self.selection)
+        if self.aggregation == "horvitz-thompson" and kind in ("power-of-choice", "oort"):
+            raise ValueError(f"aggregation 'horvitz-thompson' needs known inclusion probabilities; selection {kind!r} "
+                             "has none (use uniform, activity or availability)")
+        if self.setting == "static":
+            given = [k for k in ("retention", "storage") if getattr(self, k) is not None] + (["replay"] if self.replay else [])
+            if given:
+                raise ValueError(f"{given} apply to the continual setting only (setting: continual)")
+        else:
+            if self.rounds < self.periods:
+                raise ValueError(f"the continual setting needs rounds >= periods ({self.rounds} < {self.periods})")
+            if self.storage is not None and self.replay >= self.storage:
+                raise ValueError(f"replay ({self.replay}) must be smaller than storage ({self.storage})")
+        return self
 
     @field_validator("partition")
     @classmethod

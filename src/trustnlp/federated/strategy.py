@@ -36,7 +36,7 @@ import torch
 
 from trustnlp.errors import ConfigError, expected
 from trustnlp.federated import server_opt
-from trustnlp.federated.selection import Selector
+from trustnlp.federated.selection import SelectionContext, Selector
 
 __all__ = ["ServerState", "FitInstruction", "ClientUpdate", "Strategy", "FedAvg", "FedAvgM", "FedProx", "FedAdam",
            "FedYogi", "FedAdagrad", "make_strategy", "weighted_mean"]
@@ -53,21 +53,26 @@ class ServerState:
 
 @dataclass(frozen=True)
 class FitInstruction:
-    """One selected client and its local-training settings for the round (e.g. ``{"mu": 0.01}``)."""
+    """One selected client and its local-training settings for the round (e.g. ``{"mu": 0.01}``), with its
+    inclusion probability (``None`` when the selector does not know it exactly) and why it was picked."""
 
     client_id: int
     config: Mapping[str, Any] = field(default_factory=dict)
+    inclusion: float | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class ClientUpdate:
     """What a client sends back: its model's (trainable) parameters after local training, its number
-    of local training examples (the aggregation weight), and metrics (e.g. ``train_loss``, ``steps``)."""
+    of local training examples, and metrics (e.g. ``train_loss``, ``steps``). ``weight``: an explicit,
+    unnormalised aggregation weight (Horvitz-Thompson ``n_k / (N pi_k)``); ``None`` = example-weighted mean."""
 
     client_id: int
     params: Mapping[str, torch.Tensor]
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    weight: float | None = None
 
 
 def weighted_mean(results: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
@@ -108,21 +113,36 @@ class Strategy:
         return ServerState(round=0, params=p, opt_state=self.transform.init(p))
 
     def configure_round(self, round: int, state: ServerState, selector: Selector, *,  # noqa: A002 - Flower's name
-                        available: np.ndarray) -> list[FitInstruction]:
-        """The round's clients (``selector`` picks among ``available``) and their settings."""
-        chosen = selector.select(round, np.asarray(available, dtype=np.int64))
-        return [FitInstruction(int(c), self.client_config) for c in chosen]
+                        available: np.ndarray, context: SelectionContext | None = None) -> list[FitInstruction]:
+        """The round's clients (``selector`` picks among ``available``, knowing ``context``) and their settings."""
+        sel = selector.select(round, np.asarray(available, dtype=np.int64), context)
+        pis = sel.inclusion if sel.inclusion is not None else [None] * len(sel.clients)
+        reasons = sel.reasons or ("",) * len(sel.clients)
+        return [FitInstruction(int(c), self.client_config, None if p is None else float(p), r)
+                for c, p, r in zip(sel.clients, pis, reasons)]
 
     def aggregate(self, round: int, state: ServerState,  # noqa: A002
                   results: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, Any]]:
-        """Weighted mean, pseudo-gradient, server step. No results: the state is kept (round advanced)."""
+        """Weighted mean, pseudo-gradient, server step. No results: the state is kept (round advanced).
+
+        With explicit weights (``ClientUpdate.weight``, all or none) the pseudo-gradient is the unnormalised
+        ``g = sum_k w_k (x - x^k)`` (Horvitz-Thompson), else ``g = x - xbar`` with the example-weighted mean.
+        """
         if not results:
             return ServerState(round, state.params, state.opt_state), {"num_clients": 0, "num_examples": 0}
-        mean = weighted_mean(results)
-        missing = set(state.params) - set(mean)
-        if missing:
-            raise ConfigError(f"Client updates lack parameters {sorted(missing)[:5]}; expected every global parameter.")
-        grads = {k: state.params[k] - mean[k] for k in state.params}
+        explicit = [r.weight is not None for r in results]
+        if any(explicit) and not all(explicit):
+            raise ConfigError("Expected either every client update to carry an aggregation weight or none, but got a mix.")
+        for r in results:
+            missing = set(state.params) - set(r.params)
+            if missing:
+                raise ConfigError(f"Client {r.client_id}'s update lacks parameters {sorted(missing)[:5]}; "
+                                  "expected every global parameter.")
+        if all(explicit):
+            grads = {k: sum(float(r.weight) * (state.params[k] - r.params[k]) for r in results) for k in state.params}
+        else:
+            mean = weighted_mean(results)
+            grads = {k: state.params[k] - mean[k] for k in state.params}
         updates, opt_state = self.transform.update(grads, state.opt_state)
         params = {k: state.params[k] + updates[k] for k in state.params}
         n = sum(int(r.num_examples) for r in results)

@@ -36,6 +36,7 @@ from trustnlp.errors import ConfigError, expected
 from trustnlp.federated.client import Client, subset
 from trustnlp.federated.config import FederatedConfig
 from trustnlp.federated.engine import simulate
+from trustnlp.federated.selection import make_selector
 from trustnlp.results import Result, atomic_write_json, write_result
 from trustnlp.tasks import EncodedData, make_task
 
@@ -43,6 +44,13 @@ __all__ = ["run_federated", "make_clients", "build_federated_model", "DEFAULT_NU
 
 DEFAULT_NUM_CLIENTS = 100
 NON_PRIVATE_REASON = "non-private run: no differential-privacy guarantee (epsilon is infinite)"
+
+
+def _split_client(idx: np.ndarray, *, client: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, held_out)`` example indices of a client (a seeded ``floor(holdout * n_c)`` held out; both sorted)."""
+    perm = np.random.default_rng(np.random.SeedSequence([int(seed) % (2**63), client, 11])).permutation(idx)
+    n_test = int(np.floor(holdout * len(idx)))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def make_clients(data: EncodedData, partition: Partition, *, holdout: float, seed: int,
@@ -55,11 +63,64 @@ def make_clients(data: EncodedData, partition: Partition, *, holdout: float, see
         raise ConfigError(f"The partition covers {partition.num_examples} examples but the data has {len(data)}.")
     clients = []
     for c, idx in enumerate(partition.clients):
-        perm = np.random.default_rng(np.random.SeedSequence([int(seed) % (2**63), c, 11])).permutation(idx)
-        n_test = int(np.floor(holdout * len(idx)))
-        test = subset(data, np.sort(perm[:n_test])) if n_test else None
-        clients.append(Client(c, subset(data, np.sort(perm[n_test:])), test, availability, partition.client_names[c]))
+        train_idx, test_idx = _split_client(idx, client=c, holdout=holdout, seed=seed)
+        test = subset(data, test_idx) if len(test_idx) else None
+        clients.append(Client(c, subset(data, train_idx), test, availability, partition.client_names[c]))
     return clients
+
+
+def client_train_indices(partition: Partition, *, holdout: float, seed: int) -> list[np.ndarray]:
+    """Each client's training examples as indices into the partitioned data (in the order of its ``train``)."""
+    return [_split_client(idx, client=c, holdout=holdout, seed=seed)[0] for c, idx in enumerate(partition.clients)]
+
+
+def make_schedule(config: FederatedConfig, train: Any, train_indices: list[np.ndarray]) -> tuple[Any, str]:
+    """The continual data setting of ``config`` (``None`` for static) and how arrivals were made."""
+    if config.setting == "static":
+        return None, "static"
+    from trustnlp.federated.settings import (
+        ContinualSchedule,
+        ContinualSpec,
+        arrival_periods_from_timestamps,
+        poisson_arrival_periods,
+    )
+
+    spec = ContinualSpec(periods=config.periods, retention=config.retention, storage=config.storage,
+                         deletion=config.deletion, replay=config.replay,
+                         arrival="poisson" if config.arrival == "poisson" else "timestamp")
+    column = next((c for c in _TIME_COLUMNS if c in train.columns), None)
+    if config.arrival == "timestamp" and column is None:
+        raise ConfigError(f"arrival 'timestamp' needs a time column ({' or '.join(_TIME_COLUMNS)}) in the data; "
+                          f"{train.meta.name!r} has {sorted(train.columns)}. Use --arrival poisson.")
+    if config.arrival == "poisson" or column is None:
+        arrivals = poisson_arrival_periods([len(i) for i in train_indices], config.periods, seed=config.seed)
+        how = "poisson"
+    else:
+        periods = arrival_periods_from_timestamps(np.asarray(train.column(column), dtype=np.float64), config.periods)
+        arrivals = [periods[i] for i in train_indices]
+        how = f"timestamp ({column})"
+    return ContinualSchedule(arrivals, spec, seed=config.seed), how
+
+
+#: Columns whose values order examples in time (the built-in corpus's unix times; tinyshakespeare's line numbers).
+_TIME_COLUMNS = ("timestamp", "line")
+
+
+def client_offsets(train: Any, partition: Partition) -> np.ndarray | None:
+    """Each client's UTC offset (hours) from the data's ``timezone`` column (its first example's), or ``None``."""
+    if "timezone" not in train.columns:
+        return None
+    from trustnlp.data.assistant import TIMEZONES
+
+    table = dict(TIMEZONES)
+    zones = train.column("timezone")
+    out = []
+    for idx in partition.clients:
+        z = zones[int(idx[0])] if len(idx) else None
+        if z not in table:
+            raise ConfigError(expected("timezone", f"one of {sorted(table)}", z))
+        out.append(float(table[z]))
+    return np.asarray(out)
 
 
 def build_federated_model(config: FederatedConfig, tokenizer: Any, *, num_labels: int, num_tags: int) -> torch.nn.Module:
@@ -75,6 +136,35 @@ def build_federated_model(config: FederatedConfig, tokenizer: Any, *, num_labels
         raise ConfigError(expected("model", "'lm' for the `lm` task", arch))
     return build_model(arch, vocab_size=tokenizer.vocab_size, num_labels=num_labels if config.task != "lm" else 0,
                        num_tags=num_tags if config.task == "tag" else 0, pad_id=tokenizer.pad_id, **options)
+
+
+def selection_summary(rows: Any, clients: list[Client], schedule: Any) -> dict[str, Any]:
+    """How often each client was selected, against its activity (mean examples held over the rounds)."""
+    counts = np.zeros(len(clients), dtype=np.int64)
+    for r in rows:
+        for c in r.get("selected", ()):
+            counts[int(c)] += 1
+    if schedule is None:
+        activity = np.array([c.num_examples for c in clients], dtype=np.float64)
+    else:
+        periods = [int(r.get("period", 0)) for r in rows] or [0]
+        activity = np.mean([schedule.activity(p) for p in periods], axis=0).astype(np.float64)
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(activity, counts).statistic) if len(clients) > 2 and counts.std() > 0 and activity.std() > 0 else None
+    return {"activity": activity.tolist(), "times_selected": counts.tolist(), "rounds": len(rows),
+            "spearman_activity_frequency": rho, "never_selected": int((counts == 0).sum())}
+
+
+def future_summary(rows: Any) -> dict[str, float]:
+    """Mean over the evaluated period ends of each ``future_*`` metric (the model on the next period's data)."""
+    out: dict[str, float] = {}
+    keys = sorted({k for r in rows for k in r if k.startswith("future_") and k != "future_examples"})
+    for k in keys:
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[f"{k}_mean_over_periods"] = float(np.mean(vals))
+    return out
 
 
 def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = True, stop_after_rounds: int | None = None,
@@ -107,11 +197,18 @@ def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = 
     clients = make_clients(train_enc, partition, holdout=config.holdout, seed=config.seed, availability=1.0)
     if config.clients_per_round > len(clients):
         raise ConfigError(expected("clients_per_round", f"<= the number of clients ({len(clients)})", config.clients_per_round))
+    schedule, arrival = make_schedule(config, train, client_train_indices(partition, holdout=config.holdout, seed=config.seed))
+    selector = make_selector(config.selection, num=config.clients_per_round, num_clients=len(clients), seed=config.seed,
+                             offsets=client_offsets(train, partition), rounds_per_day=config.rounds_per_day)
     load_seconds = time.perf_counter() - t_load
     model = build_federated_model(config, tokenizer, num_labels=train.num_labels, num_tags=len(train.tag_names))
-    sim = simulate(model, task, clients, config=config, central_test=test_enc, checkpoint_dir=out, progress=progress,
-                   stop_after_rounds=stop_after_rounds)
+    sim = simulate(model, task, clients, config=config, selector=selector, schedule=schedule, central_test=test_enc,
+                   checkpoint_dir=out, progress=progress, stop_after_rounds=stop_after_rounds, pad_id=tokenizer.pad_id)
     model.to("cpu")
+    selection = selection_summary(sim.rows, clients, schedule)
+    atomic_write_json(out / "selection.json", {"selection": config.selection, "aggregation": config.aggregation,
+                                               "setting": config.setting, "arrival": arrival, **selection,
+                                               "schedule": schedule.to_dict() if schedule is not None else None})
 
     labels = train.labels
     part_dict = partition.to_dict(labels, train.label_names if labels is not None else ())
@@ -136,6 +233,13 @@ def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = 
         "num_test": len(splits.test),
         "max_length": max_length,
         **{f"partition_{k}": v for k, v in stats.items() if k not in ("num_clients", "num_examples")},
+        "selection": config.selection,
+        "aggregation": config.aggregation,
+        "setting": config.setting,
+        "arrival": arrival,
+        "selection_activity_correlation": selection["spearman_activity_frequency"],
+        "clients_never_selected": selection["never_selected"],
+        **future_summary(sim.rows),
         "local_training_path": sim.path,
         "local_training_path_reason": sim.path_reason,
         "client_updates": sim.client_updates,
@@ -151,7 +255,7 @@ def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = 
         metrics.update({f"probe_{k}": v for k, v in sim.probe.items()})
     null_reasons = {"metrics.epsilon": NON_PRIVATE_REASON, "metrics.delta": NON_PRIVATE_REASON,
                     "metrics.privacy_unit": NON_PRIVATE_REASON}
-    artifacts = {"partition": "partition.json"}
+    artifacts = {"partition": "partition.json", "selection": "selection.json"}
     if not sim.interrupted:
         save_model(model, out / "model", tokenizer=tokenizer, label_names=train.label_names, tag_names=train.tag_names,
                    task=config.task, extra={"data": splits.meta.name, "max_length": max_length, "seed": config.seed,

@@ -343,7 +343,9 @@ def _fed_curve_groups(cols: Sequence[str]) -> list[tuple[str, list[str]]]:
     quality = [c for m in _FED_QUALITY  # the distribution across clients for the first (main) score only
                for c in (f"test_{m}", f"clients_{m}", f"clients_{m}_p10", f"clients_{m}_worst_decile")
                if c in have and (m == "accuracy" or not c.endswith(("_p10", "_worst_decile")))]
-    perplexity = [c for c in ("test_perplexity", "clients_perplexity", "clients_perplexity_worst_decile") if c in have]
+    quality += [c for c in ("future_accuracy", "future_macro_f1") if c in have]  # continual: the next period's data
+    perplexity = [c for c in ("test_perplexity", "clients_perplexity", "clients_perplexity_worst_decile",
+                              "future_perplexity") if c in have]
     return [(label, cs) for label, cs in (("loss", losses), ("score", quality), ("perplexity", perplexity)) if cs]
 
 
@@ -423,14 +425,45 @@ def _plot_partition(part: Mapping[str, Any]) -> Plot | None:
                                                                    "label)." if counts else "."))
 
 
+def _plot_selection(sel: Mapping[str, Any]) -> Plot | None:
+    """Times each client was selected against its activity (examples held), from ``selection.json``."""
+    act = [_number(a) for a in sel.get("activity") or ()]
+    cnt = [_number(c) for c in sel.get("times_selected") or ()]
+    pts = [(a, c) for a, c in zip(act, cnt) if a is not None and c is not None]
+    if not pts:
+        return None
+    fig, axes = make_figure(1)
+    ax = axes[0]
+    xs, ys = zip(*pts)
+    ax.scatter(xs, ys, s=8, alpha=0.6, color="C0", linewidths=0)
+    if max(xs) > 20 * max(min(xs), 1e-9):
+        ax.set_xscale("log")
+    ax.set_xlabel("activity: training examples held" + (" (mean over rounds)" if sel.get("setting") == "continual" else ""))
+    ax.set_ylabel(f"times selected in {sel.get('rounds', '?')} rounds")
+    rho = _number(sel.get("spearman_activity_frequency"))
+    never = sel.get("never_selected")
+    what = f"selection {sel.get('selection', '?')}, aggregation {sel.get('aggregation', '?')}, setting {sel.get('setting', '?')}"
+    return Plot("selection", fig,
+                alt=f"Selection frequency against activity for {len(pts)} clients ({what})"
+                    + (f"; Spearman correlation {rho:.3f}" if rho is not None else "")
+                    + (f"; {never} client(s) never selected." if never is not None else "."),
+                caption=f"Each dot a client: how often it was picked against how much data it held ({what}).")
+
+
 @register_plotter("federate")
 def plot_federate(result: Result) -> list[Plot]:
-    """Federated run: learning curves per round, and the partition (client sizes and label mix) from
-    the run's ``partition.json`` artifact when :func:`result_dir` is set."""
+    """Federated run: learning curves per round, the partition (client sizes and label mix) and the
+    selection frequency against activity, from the run's ``partition.json`` / ``selection.json``
+    artifacts when :func:`result_dir` is set."""
     out = [p for p in (_plot_fed_curves(result),) if p is not None]
     part = read_artifact_json(result, "partition")
     if isinstance(part, Mapping):
         p = _plot_partition(part)
+        if p is not None:
+            out.append(p)
+    sel = read_artifact_json(result, "selection")
+    if isinstance(sel, Mapping):
+        p = _plot_selection(sel)
         if p is not None:
             out.append(p)
     return out
