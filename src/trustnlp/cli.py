@@ -430,6 +430,21 @@ def federate(
     storage: Annotated[int | None, typer.Option(help="Continual: examples a device holds at most.")] = None,
     deletion: Annotated[str | None, typer.Option(help="Continual: fifo | random")] = None,
     replay: Annotated[int | None, typer.Option(help="Continual: replay buffer of deleted examples.")] = None,
+    client_dp: Annotated[bool | None, typer.Option("--client-dp", help="Client-level DP (DP-FedAvg).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Client DP: target epsilon.")] = None,
+    delta: Annotated[float | None, typer.Option(help="Client DP: delta (default below 1/clients).")] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="Client DP: noise multiplier instead of --epsilon.")]
+    = None,
+    clip_norm: Annotated[float | None, typer.Option(help="Client DP: update clip norm (initial, if adaptive).")] = None,
+    adaptive_clip: Annotated[bool | None, typer.Option("--adaptive-clip", help="Client DP: adaptive clipping.")] = None,
+    secure_aggregation: Annotated[bool | None, typer.Option("--secure-aggregation", help="Secure aggregation.")] = None,
+    robust: Annotated[str | None, typer.Option(help="mean | median | trimmed-mean:BETA | krum:F | multi-krum:F:M")]
+    = None,
+    max_update_norm: Annotated[float | None, typer.Option(help="Reject updates with a larger delta norm.")] = None,
+    faulty_fraction: Annotated[float | None, typer.Option(help="Fraction of each round's clients that are faulty.")]
+    = None,
+    fault: Annotated[str | None, typer.Option(help="nan | scale:K | signflip | dropout")] = None,
+    deadline: Annotated[float | None, typer.Option(help="Round deadline in simulated time units.")] = None,
     out: OutOpt = Path("runs/federate"),
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
@@ -449,14 +464,18 @@ def federate(
              "rounds": rounds, "tokenizer": tokenizer, "vectorize": vectorize, "seed": seed, "data_dir": data_dir,
              "corpus_size": corpus_size, "threads": threads, "selection": selection, "aggregation": aggregation,
              "setting": setting, "periods": periods, "arrival": arrival, "retention": retention, "storage": storage,
-             "deletion": deletion, "replay": replay}
+             "deletion": deletion, "replay": replay, "client_dp": client_dp, "epsilon": epsilon, "delta": delta,
+             "noise_multiplier": noise_multiplier, "clip_norm": clip_norm, "adaptive_clip": adaptive_clip,
+             "secure_aggregation": secure_aggregation, "robust": robust, "max_update_norm": max_update_norm,
+             "faulty_fraction": faulty_fraction, "fault": fault, "deadline": deadline}
     ctx = click_context()
     explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
     cfg = load_config(config, FederatedConfig, **explicit) if config is not None else FederatedConfig(**explicit)
     result = run_federated(cfg, out, progress=not quiet)
     keys = [k for k in ("test_accuracy", "test_macro_f1", "test_slot_f1", "test_perplexity", "clients_accuracy_mean",
                         "clients_accuracy_p10", "future_accuracy_mean_over_periods", "future_perplexity_mean_over_periods",
-                        "rounds", "client_updates_per_second") if k in result.metrics]
+                        "epsilon", "delta", "rejected_updates", "dropped_updates",
+                        "rounds", "client_updates_per_second") if k in result.metrics and result.metrics[k] is not None]
     _summary(f"federate: {cfg.algorithm} on {cfg.data} ({cfg.partition})", result.metrics, keys)
     console.print(f"Results: {out / 'results.json'}")
 

@@ -89,6 +89,21 @@ class FederatedConfig(DataConfig):
             Poisson process per device; ``auto``: timestamps when the data has them), a device keeps an
             example ``retention`` periods and at most ``storage`` examples (``deletion`` ``fifo`` or
             ``random``), with an optional ``replay`` buffer of deleted examples.
+        client_dp: client-level DP (DP-FedAvg): each client's delta clipped to ``clip_norm`` (adaptive:
+            ``adaptive_clip`` toward the ``target_quantile`` of the norms), Gaussian noise on the sum,
+            calibrated to ``epsilon`` (client-level, at ``delta``; default below 1/K) or given as
+            ``noise_multiplier``; accounted with dp-accounting (:mod:`trustnlp.federated.client_dp`).
+        secure_aggregation: the server learns only the sum (:mod:`trustnlp.federated.secagg`): threshold
+            ``ceil(secagg_threshold x senders)``, ``fractional_bits`` of fixed point, ``secagg_dropout``
+            of the senders vanish after masking.
+        robust: ``mean | median | trimmed-mean:BETA | krum:F | multi-krum:F:M`` (:mod:`trustnlp.federated.robust`).
+        max_update_norm: server-side validation bound on a delta's norm (client-side clip under secure
+            aggregation); NaN/Inf and misshapen updates are always rejected.
+        faulty_fraction / fault: this fraction of each round's clients report ``nan | scale:K | signflip |
+            dropout`` instead of their update.
+        deadline: simulated time limit per round (a device needs ``steps / speed`` units, speeds
+            LogNormal(0, 0.5)); later updates are dropped.
+        See :mod:`trustnlp.federated.server` for what may be combined.
     """
 
     task: Literal["classify", "tag", "lm"] = "classify"
@@ -131,6 +146,85 @@ class FederatedConfig(DataConfig):
     storage: int | None = Field(None, ge=1)
     deletion: Literal["fifo", "random"] = "fifo"
     replay: int = Field(0, ge=0)
+    client_dp: bool = False
+    epsilon: float | None = Field(None, gt=0.0)
+    delta: float | None = Field(None, gt=0.0, lt=1.0)
+    noise_multiplier: float | None = Field(None, ge=0.0)
+    clip_norm: float = Field(1.0, gt=0.0)
+    adaptive_clip: bool = False
+    target_quantile: float = Field(0.5, gt=0.0, lt=1.0)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    secure_aggregation: bool = False
+    secagg_threshold: float = Field(0.6, gt=0.0, le=1.0)
+    secagg_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    fractional_bits: int = Field(24, ge=0, le=40)
+    robust: str = "mean"
+    max_update_norm: float | None = Field(None, gt=0.0)
+    faulty_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    fault: str = "nan"
+    deadline: float | None = Field(None, gt=0.0)
+
+    @field_validator("robust")
+    @classmethod
+    def _robust_spec(cls, v: str) -> str:
+        from trustnlp.federated.robust import parse_robust_spec
+
+        try:
+            parse_robust_spec(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v.strip().lower()
+
+    @field_validator("fault")
+    @classmethod
+    def _fault_spec(cls, v: str) -> str:
+        from trustnlp.federated.robust import parse_fault_spec
+
+        try:
+            parse_fault_spec(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v.strip().lower()
+
+    @model_validator(mode="after")
+    def _sound_combinations(self) -> FederatedConfig:
+        """Refuse the combinations that are not sound (see trustnlp.federated.server)."""
+        if self.secure_aggregation and self.robust != "mean":
+            raise ValueError(f"robust aggregation ({self.robust!r}) cannot run on top of secure aggregation: the server "
+                             "only learns the sum, never an individual update (each client validates and clips its own "
+                             "update before masking instead; use robust: mean)")
+        if not self.client_dp:
+            given = [k for k in ("epsilon", "delta", "noise_multiplier") if getattr(self, k) is not None]
+            given += ["adaptive_clip"] if self.adaptive_clip else []
+            if given:
+                raise ValueError(f"{given} apply to client-level DP only (client_dp: true)")
+            return self
+        from trustnlp.federated.client_dp import check_selection_for_client_dp
+
+        try:
+            check_selection_for_client_dp(self.selection)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        if self.selection.startswith("availability"):
+            raise ValueError("client-level DP with availability-aware selection is not supported: the sampling rate "
+                             "then depends on who is online each round; use uniform or activity:0")
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("client-level DP needs exactly one of epsilon (a target) or noise_multiplier")
+        if self.robust != "mean":
+            raise ValueError(f"robust aggregation ({self.robust!r}) with client-level DP is refused: DP-FedAvg's noise is "
+                             "calibrated to the sensitivity of the clipped sum, which a robust rule changes")
+        if self.aggregation != "sample":
+            raise ValueError("client-level DP uses DP-FedAvg's fixed-denominator mean; aggregation must be 'sample'")
+        if self.setting != "static":
+            raise ValueError("client-level DP needs the static setting: in the continual one whether a device holds "
+                             "data (and so whether it can be sampled) depends on its private data")
+        if self.selection.startswith("activity") and self.accountant == "pld":
+            pass
+        elif self.accountant == "pld":
+            raise ValueError("uniform (fixed-size) client sampling is accounted with the RDP accountant only "
+                             "(dp-accounting has no without-replacement PLD event); use accountant: rdp or "
+                             "selection: activity:0 (Poisson)")
+        return self
 
     @field_validator("selection")
     @classmethod

@@ -44,7 +44,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,7 @@ from trustnlp.federated.client import (
 from trustnlp.federated.config import FederatedConfig
 from trustnlp.federated.evaluation import ClientEvaluation, evaluate_clients
 from trustnlp.federated.selection import SelectionContext, Selector, UniformSelector, available_clients
+from trustnlp.federated.server import RoundAggregator
 from trustnlp.federated.strategy import ClientUpdate, FitInstruction, ServerState, Strategy, make_strategy
 from trustnlp.federated.vectorized import train_vectorized, vectorization_blocker
 from trustnlp.runtime import tune_allocator
@@ -360,6 +361,8 @@ def simulate(
     fingerprint = _fingerprint(config, strategy, clients)
     population = _Population(clients, schedule, config.rounds)
     ht = getattr(config, "aggregation", "sample") == "horvitz-thompson"
+    privacy = _client_dp_plan(config, len(clients))
+    aggregator = RoundAggregator(config, num_clients=len(clients), noise_multiplier=privacy.get("noise_multiplier"))
 
     ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir is not None else None
     state = strategy.initialize(trainable_params(model))
@@ -375,6 +378,7 @@ def simulate(
         rows, path, reason, probe = list(saved["rows"]), saved["path"], saved["path_reason"], saved.get("probe")
         if hasattr(selector, "load_state_dict"):
             selector.load_state_dict(saved.get("selector_state") or {})
+        aggregator.load_state_dict(saved.get("aggregator_state") or {})
         resumed = state.round
 
     def round_inputs(rnd: int, sel: Selector) -> tuple[list[Client], np.ndarray, SelectionContext, list[FitInstruction]]:
@@ -403,7 +407,11 @@ def simulate(
             updates = train_round(path, worker, task, views, instructions, state.params, local, seed=config.seed, round=rnd)
             if ht and updates:
                 updates = _ht_weights(updates, instructions, int(context.activity[avail].sum()))
-            state, agg = strategy.aggregate(rnd, state, updates)
+            if aggregator.plain:
+                state, agg = strategy.aggregate(rnd, state, updates)
+            else:
+                state, agg = aggregator.aggregate(rnd, strategy, state, updates, instructions,
+                                                  steps={int(i): int(context.steps[i]) for i in avail})
             load_params(model, state.params)
             seconds.append(time.perf_counter() - t0)
             updates_done.append(len(updates))
@@ -434,7 +442,8 @@ def simulate(
                 save_round(ckpt, model=model, opt_state=state.opt_state,
                            state={"round": state.round, "rows": rows, "fingerprint": fingerprint, "path": path,
                                   "path_reason": reason, "probe": probe,
-                                  "selector_state": selector.state_dict() if hasattr(selector, "state_dict") else {}})
+                                  "selector_state": selector.state_dict() if hasattr(selector, "state_dict") else {},
+                                  "aggregator_state": aggregator.state_dict()})
             if stop_after_rounds is not None and state.round >= stop_after_rounds and state.round < config.rounds:
                 interrupted = True
                 break
@@ -448,8 +457,39 @@ def simulate(
         updates_per_second=sum(updates_done[1:]) / steady if steady > 0 else float("nan"),
         resumed_from_round=resumed, interrupted=interrupted,
         extra={"local_lr": local.lr, "local_optimizer": local.optimizer, "device": str(device), "selector": selector.name
-               if hasattr(selector, "name") else type(selector).__name__},
+               if hasattr(selector, "name") else type(selector).__name__,
+               "client_dp": {**privacy, **_client_dp_spent(config, privacy, len(clients), state.round),
+                             "final_clip_norm": aggregator.clip_norm} if privacy else None},
     )
+
+
+def _client_dp_plan(config: FederatedConfig, num_clients: int) -> dict[str, Any]:
+    """Client DP's noise multiplier (calibrated to ``config.epsilon`` when given), delta and sampling."""
+    if not config.client_dp:
+        return {}
+    from trustnlp.federated.client_dp import calibrate_client_noise
+    from trustnlp.privacy.accounting import default_delta
+
+    sampling = "poisson" if config.selection.startswith("activity") else "uniform"
+    delta = config.delta if config.delta is not None else default_delta(num_clients)
+    if config.noise_multiplier is not None:
+        z = float(config.noise_multiplier)
+    else:
+        z = calibrate_client_noise(float(config.epsilon), delta, sampling=sampling, num_clients=num_clients,
+                                   clients_per_round=config.clients_per_round, rounds=config.rounds, accountant=config.accountant)
+    return {"noise_multiplier": z, "delta": delta, "sampling": sampling, "target_epsilon": config.epsilon,
+            "accountant": config.accountant, "clip_norm": config.clip_norm, "adaptive_clip": config.adaptive_clip}
+
+
+def _client_dp_spent(config: FederatedConfig, privacy: Mapping[str, Any], num_clients: int, rounds: int) -> dict[str, Any]:
+    if not privacy:
+        return {}
+    from trustnlp.federated.client_dp import client_dp_epsilon
+
+    eps = client_dp_epsilon(noise_multiplier=privacy["noise_multiplier"], sampling=privacy["sampling"],
+                            num_clients=num_clients, clients_per_round=config.clients_per_round, rounds=max(rounds, 1),
+                            delta=privacy["delta"], accountant=config.accountant) if rounds else 0.0
+    return {"epsilon": eps, "rounds_accounted": rounds}
 
 
 def _choose_path(config: FederatedConfig, worker: torch.nn.Module, task: Task, clients: Sequence[Client],

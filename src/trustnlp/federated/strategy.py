@@ -143,18 +143,25 @@ class Strategy:
         else:
             mean = weighted_mean(results)
             grads = {k: state.params[k] - mean[k] for k in state.params}
-        updates, opt_state = self.transform.update(grads, state.opt_state)
-        params = {k: state.params[k] + updates[k] for k in state.params}
         n = sum(int(r.num_examples) for r in results)
-        metrics: dict[str, Any] = {
-            "num_clients": len(results),
-            "num_examples": n,
-            "pseudo_grad_norm": math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values())),
-        }
+        metrics: dict[str, Any] = {"num_clients": len(results), "num_examples": n}
         losses = [(r.metrics["train_loss"], r.num_examples) for r in results if "train_loss" in r.metrics]
         if losses:
             metrics["train_loss"] = sum(v * w for v, w in losses) / max(sum(w for _, w in losses), 1)
-        return ServerState(round, params, opt_state), metrics
+        return self.apply(round, state, grads, metrics)
+
+    def apply(self, round: int, state: ServerState, grads: Mapping[str, torch.Tensor],  # noqa: A002
+              metrics: Mapping[str, Any] | None = None) -> tuple[ServerState, dict[str, Any]]:
+        """The server optimiser's step on a pseudo-gradient ``g`` (``x <- x + update(g)``), for aggregates formed
+        elsewhere (robust rules, client-level DP, secure aggregation)."""
+        missing = set(state.params) - set(grads)
+        if missing:
+            raise ConfigError(f"The aggregate lacks parameters {sorted(missing)[:5]}; expected every global parameter.")
+        updates, opt_state = self.transform.update(dict(grads), state.opt_state)
+        params = {k: state.params[k] + updates[k] for k in state.params}
+        out = dict(metrics or {})
+        out["pseudo_grad_norm"] = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values()))
+        return ServerState(round, params, opt_state), out
 
 
 class FedAvg(Strategy):

@@ -253,8 +253,23 @@ def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = 
     })
     if sim.probe is not None:
         metrics.update({f"probe_{k}": v for k, v in sim.probe.items()})
-    null_reasons = {"metrics.epsilon": NON_PRIVATE_REASON, "metrics.delta": NON_PRIVATE_REASON,
-                    "metrics.privacy_unit": NON_PRIVATE_REASON}
+    metrics.update({"robust": config.robust, "secure_aggregation": config.secure_aggregation,
+                    "faulty_fraction": config.faulty_fraction, "fault": config.fault if config.faulty_fraction else None,
+                    "rejected_updates": sum(len(r.get("rejected", ())) for r in sim.rows),
+                    "dropped_updates": sum(len(r.get("dropped", ())) + len(r.get("dropped_before_masking", ()))
+                                           for r in sim.rows)})
+    dp = sim.extra.get("client_dp")
+    null_reasons = {}
+    if dp:
+        metrics.update({"private": True, "epsilon": dp["epsilon"], "delta": dp["delta"],
+                        "privacy_unit": "user" if config.partition == "user" else "client",
+                        "target_epsilon": dp["target_epsilon"], "noise_multiplier": dp["noise_multiplier"],
+                        "client_sampling": dp["sampling"], "sampling_rate": config.clients_per_round / len(clients),
+                        "clip_norm": dp["clip_norm"], "final_clip_norm": dp["final_clip_norm"],
+                        "adaptive_clip": dp["adaptive_clip"], "accountant": dp["accountant"]})
+    else:
+        null_reasons = {"metrics.epsilon": NON_PRIVATE_REASON, "metrics.delta": NON_PRIVATE_REASON,
+                        "metrics.privacy_unit": NON_PRIVATE_REASON}
     artifacts = {"partition": "partition.json", "selection": "selection.json"}
     if not sim.interrupted:
         save_model(model, out / "model", tokenizer=tokenizer, label_names=train.label_names, tag_names=train.tag_names,
