@@ -59,7 +59,7 @@ def test_partition_figure_from_the_artifact(fed_run: Path) -> None:
     part = json.loads((fed_run / "partition.json").read_text())
     with plots.result_dir(fed_run):
         made = {p.name: p for p in plots.plot_federate(result)}
-    assert set(made) == {"curves", "partition"}
+    assert set(made) == {"curves", "partition", "selection"}
     sizes_ax, mix_ax = made["partition"].figure.axes
     heights = [b.get_height() for b in sizes_ax.patches]
     assert heights == sorted(part["sizes"], reverse=True) and sum(heights) == result.metrics["num_train"]
@@ -74,7 +74,8 @@ def test_partition_figure_from_the_artifact(fed_run: Path) -> None:
 def test_render_report_writes_federated_figures(fed_run: Path, tmp_path: Path) -> None:
     report = render_report([fed_run], tmp_path / "report", title="federated")  # finds partition.json itself
     names = sorted(p.name for p in report.figures)
-    assert names == ["run-curves.png", "run-curves.svg", "run-partition.png", "run-partition.svg"]
+    assert names == ["run-curves.png", "run-curves.svg", "run-partition.png", "run-partition.svg",
+                     "run-selection.png", "run-selection.svg"]
     for p in report.figures:
         assert p.is_file() and p.stat().st_size > 1000
     png = (tmp_path / "report" / "figures" / "run-curves.png").read_bytes()
@@ -88,3 +89,31 @@ def test_plotter_without_rows_or_artifact(tmp_path: Path) -> None:
     with plots.result_dir(tmp_path):
         assert plots.plot_federate(empty) == []
     assert plots.get_plotter("federate") is plots.plot_federate
+
+
+def test_selection_figure_plots_times_selected_against_activity(fed_run: Path) -> None:
+    result = read_result(fed_run / "results.json")
+    sel = json.loads((fed_run / "selection.json").read_text())
+    with plots.result_dir(fed_run):
+        made = {p.name: p for p in plots.plot_federate(result)}
+    offsets = made["selection"].figure.axes[0].collections[0].get_offsets()
+    np.testing.assert_array_equal(np.asarray(offsets)[:, 0], sel["activity"])
+    np.testing.assert_array_equal(np.asarray(offsets)[:, 1], sel["times_selected"])
+    assert sum(sel["times_selected"]) == sum(r["num_clients"] for r in result.rows)  # 4 rounds x 3 clients
+    assert "Spearman" in made["selection"].alt or sel["spearman_activity_frequency"] is None
+
+
+def test_privacy_utility_overview_across_train_results() -> None:
+    def run(model: str, eps: float | None, acc: float, trainable: str | None = None) -> Result:
+        cfg = {"model": model, "model_options": {"trainable": trainable} if trainable else {}}
+        return Result(kind="train", config=cfg, seed=0, data={}, rows=(),
+                      metrics={"test_accuracy": acc, "private": eps is not None, "epsilon": eps})
+
+    results = [run("bag", 1.0, 0.4), run("bag", 8.0, 0.8), run("bag", None, 0.9), run("minilm", 3.0, 0.7, "frozen"),
+               run("minilm", 8.0, 0.75, "frozen")]
+    p = plots.plot_privacy_utility(results)
+    assert p is not None and "bag: eps 1 -> 0.400, eps 8 -> 0.800, non-private 0.900" in p.alt
+    lines = {ln.get_label(): ln for ln in p.figure.axes[0].get_lines()}
+    np.testing.assert_array_equal(lines["bag"].get_xdata(), [1.0, 8.0])
+    np.testing.assert_array_equal(lines["minilm (frozen)"].get_ydata(), [0.7, 0.75])
+    assert plots.plot_privacy_utility([run("bag", None, 0.9)]) is None  # nothing private: no trade-off to show

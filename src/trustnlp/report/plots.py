@@ -622,3 +622,55 @@ def plot_fairness_graded(result: Result) -> list[Plot]:
                                    if _number(v) is not None) for lab, r in zip(labels, dp)) + ".",
             caption="Whiskers: percentile bootstrap intervals (resampled within groups)."))
     return out
+
+
+# -- overview: figures across results ------------------------------------------------------------------
+def _model_label(result: Result) -> str:
+    cfg = result.config if isinstance(result.config, Mapping) else {}
+    label = str(cfg.get("model") or "?")
+    opts = cfg.get("model_options") if isinstance(cfg.get("model_options"), Mapping) else {}
+    if opts.get("trainable"):
+        label += f" ({opts['trainable']})"
+    return label
+
+
+def plot_privacy_utility(results: Sequence[Result], names: Sequence[str] = ()) -> Plot | None:
+    """Test accuracy against epsilon, one line per model, over the ``train`` results (the privacy-utility
+    trade-off of a study); the non-private run of each model is a dashed line. ``None`` unless at least one
+    private and two results of one model are present."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        if r.kind != "train":
+            continue
+        acc = _number(r.metrics.get("test_accuracy"))
+        if acc is None:
+            continue
+        eps = _number(r.metrics.get("epsilon")) if r.metrics.get("private") else math.inf
+        if eps is None:
+            continue
+        groups.setdefault(_model_label(r), []).append((eps, acc))
+    private = [p for pts in groups.values() for p in pts if math.isfinite(p[0])]
+    if not private or not any(len(pts) >= 2 for pts in groups.values()):
+        return None
+    fig, axes = make_figure(1)
+    ax = axes[0]
+    for j, (label, pts) in enumerate(sorted(groups.items())):
+        finite = sorted(p for p in pts if math.isfinite(p[0]))
+        if finite:
+            ax.plot(*zip(*finite), marker="o", linewidth=1.5, color=f"C{j}", label=label)
+        for _, acc in (p for p in pts if not math.isfinite(p[0])):
+            ax.axhline(acc, color=f"C{j}", linestyle="--", linewidth=1.0)
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon (target, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="best")
+    desc = "; ".join(f"{label}: " + ", ".join(f"eps {e:g} -> {a:.3f}" if math.isfinite(e) else f"non-private {a:.3f}"
+                                               for e, a in sorted(pts)) for label, pts in sorted(groups.items()))
+    return Plot("privacy-utility", fig, alt=f"Privacy-utility trade-off: test accuracy against epsilon ({desc}).",
+                caption="Test accuracy against the privacy budget, one line per model; dashed: the same model "
+                        "trained without DP.")
+
+
+def overview_plots(results: Sequence[Result], names: Sequence[str] = ()) -> list[Plot]:
+    """Figures across the results of a report (shown in its overview)."""
+    return [p for p in (plot_privacy_utility(results, names),) if p is not None]

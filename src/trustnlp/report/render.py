@@ -242,6 +242,19 @@ def _datasets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _embed(p: plots.Plot, slug: str, out: Path, stems: set[str]) -> tuple[dict[str, Any], list[Path]]:
+    """Write a figure's PNG and SVG under ``out/figures`` and return its template entry and the files."""
+    png, svg = plots.figure_png(p.figure), plots.figure_svg(p.figure)
+    stem, i = f"{slug}-{p.name}", 2
+    while stem in stems:
+        stem, i = f"{slug}-{p.name}-{i}", i + 1
+    stems.add(stem)
+    files = [atomic_write_bytes(out / "figures" / f"{stem}.png", png), atomic_write_text(out / "figures" / f"{stem}.svg", svg)]
+    width, height = struct.unpack(">II", png[16:24])  # the PNG IHDR chunk
+    return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "width": width, "height": height,
+            "alt": p.alt, "caption": p.caption, "png": f"figures/{stem}.png", "svg": f"figures/{stem}.svg"}, files
+
+
 def _section(path: Path, name: str, slug: str, result: Result, out: Path, show_secrets: bool,
              stems: set[str]) -> dict[str, Any]:
     secret_fields = result.config.get("secret_fields", ()) if isinstance(result.config, Mapping) else ()
@@ -267,18 +280,9 @@ def _section(path: Path, name: str, slug: str, result: Result, out: Path, show_s
             made = []
             errors.append(f"The {result.kind!r} plotter failed: {type(e).__name__}: {e}")
         for p in made:
-            png, svg = plots.figure_png(p.figure), plots.figure_svg(p.figure)
-            stem, i = f"{slug}-{p.name}", 2
-            while stem in stems:
-                stem, i = f"{slug}-{p.name}-{i}", i + 1
-            stems.add(stem)
-            files += [atomic_write_bytes(out / "figures" / f"{stem}.png", png),
-                      atomic_write_text(out / "figures" / f"{stem}.svg", svg)]
-            width, height = struct.unpack(">II", png[16:24])  # the PNG IHDR chunk
-            figures.append({
-                "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "width": width, "height": height,
-                "alt": p.alt, "caption": p.caption, "png": f"figures/{stem}.png", "svg": f"figures/{stem}.svg",
-            })
+            fig, written = _embed(p, slug, out, stems)
+            figures.append(fig)
+            files += written
     raw, cells = _headline(metrics, reasons)
     structured = {k: v for k, v in metrics.items() if isinstance(v, (Mapping, list))}
     return {
@@ -327,14 +331,21 @@ def render_report(
     sections = [
         _section(f, n, s, r, out, show_secrets, stems) for f, n, s, r in zip(files, names, _slugs(names), results)
     ]
+    overview, overview_files = [], []
+    with plots.style():
+        for p in plots.overview_plots(results, names):
+            fig, written = _embed(p, "overview", out, stems)
+            overview.append(fig)
+            overview_files += written
     html = _ENV.get_template("report.html.j2").render(
-        title=title, sections=sections, show_secrets=show_secrets, version=__version__,
+        title=title, sections=sections, overview=overview, show_secrets=show_secrets, version=__version__,
         schema_version=SCHEMA_VERSION, missing=MISSING,
     )
     html_path = atomic_write_text(out / "report.html", html)
     index = {
         "schema_version": SCHEMA_VERSION,
         "title": title,
+        "overview_figures": [f[k] for f in overview for k in ("png", "svg")],
         "show_secrets": show_secrets,
         "results": [
             {
@@ -350,6 +361,6 @@ def render_report(
     return Report(
         html_path=html_path,
         json_path=json_path,
-        figures=tuple(p for s in sections for p in s["figure_files"]),
+        figures=tuple(overview_files) + tuple(p for s in sections for p in s["figure_files"]),
         results=tuple(files),
     )
