@@ -8,7 +8,7 @@
 #     SELECTIONS_FULL ["uniform activity activity-ht power-of-choice availability oort"] (assistant-classify)
 #     SELECTIONS ["uniform activity activity-ht"]  (the language-modelling studies)
 #     SETTINGS ["static continual"]  SEEDS [0 1 2]  ROUNDS [100]  CLIENTS_PER_ROUND [10]  PERIODS [10]
-#     RETENTION [3]  STORAGE [32]  EVAL_EVERY [10]  THREADS [1]
+#     RETENTION [3]  STORAGE [32]  EVAL_EVERY [10]  THREADS [1]  LOCAL_STEPS [unset: 1 local epoch]
 #   a tiny check (about a minute):
 #     STUDIES=assistant-classify SEEDS=0 ROUNDS=10 PERIODS=5 EVAL_EVERY=5 SELECTIONS_FULL="uniform activity" \
 #       examples/federated/selection_study.sh runs/selection-tiny
@@ -60,6 +60,7 @@ for study in $STUDIES; do
           echo "data: $data"; echo "task: $task"; echo "tokenizer: word"; echo "partition: user"
           echo "clients_per_round: $CLIENTS_PER_ROUND"; echo "rounds: $ROUNDS"; echo "eval_every: $EVAL_EVERY"
           echo "setting: $setting"; echo "threads: $THREADS"; echo "seed: $seed"
+          if [ -n "${LOCAL_STEPS:-}" ]; then echo "local_steps: $LOCAL_STEPS"; fi
           if [ "$task" = lm ]; then echo "model_options: $LM_MODEL"; echo "max_length: 64"; fi
         } > "$cfg"
         "$BIN/trustnlp" federate --config "$cfg" "${spec[@]}" "${cont[@]}" --quiet --out "$dir"

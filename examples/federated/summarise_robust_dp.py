@@ -38,7 +38,8 @@ def summarise(out: Path) -> dict[str, Any]:
                      "vs_same_rule_fault_free": acc - clean.get(rule, math.nan),
                      "vs_fedavg_fault_free": acc - clean.get("mean", math.nan),
                      "rejected_updates": int(sum(r.metrics.get("rejected_updates", 0) for r in rs)),
-                     "finite_model": all(math.isfinite(r.metrics.get("test_loss", math.nan)) for r in rs)})
+                     "finite_model": all(isinstance(r.metrics.get("test_loss"), (int, float))
+                                            and math.isfinite(r.metrics["test_loss"]) for r in rs)})
     dp = []
     for p in sorted(out.glob("dp/eps-*/seed-*/results.json")):
         r = read_result(p)

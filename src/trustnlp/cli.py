@@ -481,6 +481,39 @@ def federate(
 
 
 @app.command()
+def cda(
+    data: DataOpt = "assistant",
+    mode: Annotated[str, typer.Option(help="two-sided (add the gender-swapped copy of every gendered text) | "
+                                      "one-sided (replace each gendered text by its swap with probability 1/2)")]
+    = "two-sided",
+    her_rule: Annotated[str, typer.Option(help="The 'her' -> his/him rule: heuristic | pos (needs nltk or spaCy)")]
+    = "heuristic",
+    out: OutOpt = Path("runs/cda"),
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+) -> None:
+    """Counterfactual data augmentation of a training split (gender swaps); writes train_cda.jsonl.
+
+    Example: trustnlp cda --data assistant --mode two-sided --out runs/cda
+    """
+    from trustnlp.config import load_config
+    from trustnlp.fairness.mitigation import CDAConfig, run_cda
+
+    given = {"data": data, "mode": mode, "her_rule": her_rule, "seed": seed, "data_dir": data_dir,
+             "corpus_size": corpus_size}
+    ctx = click_context()
+    explicit = {k: v for k, v in given.items() if v is not None and (config is None or _is_explicit(ctx, k))}
+    cfg = load_config(config, CDAConfig, **explicit) if config is not None else CDAConfig(**explicit)
+    result = run_cda(cfg, out)
+    keys = [k for k in ("n_before", "n_after", "n_gendered", "gendered_share", "swaps_per_gendered_text", "n_ambiguous",
+                        "swap_accuracy") if k in result.metrics]
+    _summary(f"cda: {cfg.mode} on {cfg.data}", result.metrics, keys)
+    console.print(f"Augmented training set: {out / 'train_cda.jsonl'}   results: {out / 'results.json'}")
+
+
+@app.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
     out: OutOpt = Path("runs/report"),
