@@ -18,3 +18,24 @@ def test_fairness_cli_names_an_unknown_test(tmp_path, run_cli) -> None:
     proc = run_cli("fairness", "--tests", "weat,nope", "--out",
                            str(tmp_path))
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_distill_cli_runs_a_mitigated_student_from_a_config(tmp_path, run_cli) -> None:
+    import yaml
+
+    from trustnlp.results import read_result
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"bold": "off", "shared_swaps": False, "corpus_size": 150, "teacher_layers": 1,
+                                   "teacher_dim": 16, "teacher_heads": 2, "teacher_epochs": 1, "epochs": 1,
+                                   "batch_size": 32, "max_length": 24, "vocab_size": 300, "min_count": 1,
+                                   "n_builtin_pairs": 4, "max_new_tokens": 4, "n_bootstrap": 50}))
+    out = tmp_path / "d"
+    proc = run_cli("distill", "--config", str(cfg), "--mitigation", "perturb", "--student-config", "tiny", "--seed", "3",
+                   "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    res = read_result(out / "results.json")
+    assert res.kind == "distill" and res.seed == 3 and res.config["mitigation"] == "perturb"
+    assert res.config["student"] == "tiny" and res.metrics["perplexity"] > 1
+    proc = run_cli("distill", "--mitigation", "bogus", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "mitigation" in proc.stderr

@@ -514,6 +514,44 @@ def cda(
 
 
 @app.command()
+def distill(
+    teacher: Annotated[str, typer.Option(help="local (trained here on BOLD + the built-in corpus) | gpt2 | hf:NAME | "
+                                         "a saved trustnlp lm directory")] = "local",
+    student_config: Annotated[str, typer.Option("--student-config", help="Student size: small | tiny")] = "small",
+    mitigation: Annotated[str, typer.Option(help="none | cda | perturb | both")] = "none",
+    combine: Annotated[str | None, typer.Option(help="perturb: mean | max | expmean | replace")] = None,
+    teacher_dir: Annotated[Path | None, typer.Option(help="Cache of the local teacher (default OUT/teacher).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Student epochs.")] = None,
+    out: OutOpt = Path("runs/distill"),
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Distil a causal LM into a smaller student, optionally with counterfactual role reversal; score gender
+    disparity of its generations and its perplexity.
+
+    Example: trustnlp distill --teacher local --student-config small --mitigation both --out runs/distill
+    """
+    from trustnlp.config import load_config
+    from trustnlp.fairness.generation import DistillConfig, run_distill
+
+    given = {"teacher": teacher, "student": student_config, "mitigation": mitigation, "combine": combine,
+             "teacher_dir": str(teacher_dir) if teacher_dir else None, "epochs": epochs, "seed": seed,
+             "data_dir": data_dir, "progress": not quiet}
+    ctx = click_context()
+    names = {"student": "student_config"}
+    explicit = {k: v for k, v in given.items()
+                if v is not None and (config is None or k == "progress" or _is_explicit(ctx, names.get(k, k)))}
+    cfg = load_config(config, DistillConfig, **explicit) if config is not None else DistillConfig(**explicit)
+    result = run_distill(cfg, out)
+    keys = [k for k in ("gender_disparity", "gender_disparity_ci_low", "gender_disparity_ci_high", "perplexity",
+                        "kl_to_teacher") if k in result.metrics]
+    _summary(f"distill: {cfg.mitigation}", result.metrics, keys)
+    console.print(f"Results: {out / 'results.json'}")
+
+
+@app.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
     out: OutOpt = Path("runs/report"),

@@ -1,0 +1,1326 @@
+"""Counterfactual role-reversal distillation of causal LMs, and the gender disparity of their generations.
+
+After Gupta et al. 2022, *Mitigating Gender Bias in Distilled Language Models via Counterfactual Role
+Reversal* (Findings of ACL 2022). A small student LM is distilled from a larger teacher with
+
+    loss = alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, next token)
+
+over every next-token position (``p^T`` = softmax of logits / T), and gender bias is mitigated by:
+
+* ``cda``: counterfactual data augmentation. Every training sequence with a gendered word is
+  distilled on twice, as written and gender-swapped (text swap by
+  :func:`trustnlp.fairness.counterfactual.swap_text`; non-gendered sequences once).
+* ``perturb``: counterfactual role reversal of the teacher's outputs. The vocabulary's gender pairs
+  define an involution ``P`` on token ids (``he <-> she``, ``actor <-> actress``, ...; every other id
+  is fixed). For a sequence ``x`` the teacher is also run on ``P(x)``; its next-token distribution is
+  mapped back by ``q~[v] = q[P(v)]`` (the probability of ``she`` after the swapped context becomes
+  that of ``he``) and combined with the original ``p``:
+
+  - ``mean`` (default): ``(p + q~) / 2``;
+  - ``max``: ``max(p, q~)`` renormalised;
+  - ``expmean``: the renormalised geometric mean ``sqrt(p q~)``;
+  - ``replace``: ``q~`` on the gendered ids, ``p`` on the others, renormalised (the role-reversed
+    prediction wins for gendered words; unlike the three above it is not symmetric: the targets of
+    ``x`` and ``P(x)`` are not swap-permutations of each other).
+
+  ``mean``, ``max`` and ``expmean`` are symmetric: the target of ``P(x)`` is the target of ``x`` with
+  its gendered entries swapped, so the student is taught the same prediction for both genders.
+  The context is swapped at the token level with the same ``P`` (so ``P(P(x)) = x`` exactly).
+* ``both``: ``cda`` data with ``perturb`` targets.
+
+**Gender pairs** (:func:`gender_pairs`): the mutual pairs ``a <-> b`` of
+:func:`~trustnlp.fairness.counterfactual.load_gender_swaps` plus ``his <-> her``. The pronoun triangle
+``his / him / her`` has no involution: ``her`` is paired with the possessive ``his`` (the more frequent
+reading in BOLD's biographies), and ``him`` / ``hers`` stay fixed points (they are still counted as
+male / female words for gender polarity). Orientation (which side is male) comes from the pronouns, the
+project's ``resources/gender_pairs.tsv`` (male first) and GN-GloVe's ``male_word_file.txt`` /
+``female_word_file.txt`` when found; pairs with no known orientation are still swapped but not counted.
+
+**Data** (:func:`prepare_distill_data`): BOLD's gender-domain Wikipedia sentences (Dhamala et al.,
+FAccT 2021; ``American_actors`` = male, ``American_actresses`` = female) split *by person*
+(:func:`split_bold_by_person`, seeded, stratified by group: the people whose prompts are evaluated
+never contribute a training sentence; names mentioned inside other people's sentences cannot be
+excluded), plus the built-in assistant corpus's training split. The word vocabulary holds the most
+frequent training words plus both words of every gender pair (:func:`build_vocabulary`), so every
+pair is one token each. Without BOLD (``../shared/data/bold`` missing and ``bold="auto"``) the study
+falls back to the built-in corpus alone: held-out perplexity on its test split and built-in prompt
+pairs only (recorded in ``data.fallback``).
+
+**Evaluation** (:func:`evaluate_generations`): seeded top-k sampling of ``max_new_tokens`` after each
+prompt (one ``torch.Generator`` per prompt, seeded by ``(seed, source, index)``; a prompt and its
+counterpart share the seed), stopping at the end token. Prompts: held-out BOLD gender prompts
+(actors = male, actresses = female; unpaired) and gendered prompts of the built-in corpus's test split
+(the words up to the first gendered word, at least 3) with their swap (paired). Scores: VADER compound
+sentiment of the continuation alone (Hutto & Gilbert 2014; the prompt's own sentiment is a property of
+the data, not of the model) and gender polarity (male and female word counts). Disparity
+``|mean sentiment(male prompts) - mean sentiment(female prompts)|`` with a seeded percentile bootstrap
+interval (each group resampled with replacement, :func:`disparity`). Utility: the student's perplexity
+on the held-out people's BOLD sentences and its token-mean ``KL(teacher || student)`` there.
+
+:func:`run_distill` runs one student (teacher trained once and cached, see :class:`DistillConfig`) and
+writes ``out/results.json`` (kind ``distill``) and ``out/student`` (safetensors);
+:func:`summarise_distill` summarises a sweep over mitigations and seeds.
+
+Example:
+    >>> pairs = gender_pairs(shared=False)
+    >>> ("he", "she") in pairs.pairs and ("his", "her") in pairs.pairs
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from trustnlp.errors import ConfigError, DataError, MissingDependencyError, expected
+from trustnlp.fairness._common import check_choice
+from trustnlp.fairness.counterfactual import SwapList, load_gender_swaps, swap_text
+
+__all__ = [
+    "BOLD_GROUPS",
+    "COMBINE_MODES",
+    "MITIGATIONS",
+    "STUDENT_PRESETS",
+    "BoldSplit",
+    "DistillConfig",
+    "DistillData",
+    "DistillStep",
+    "Disparity",
+    "GenderPairs",
+    "Prompt",
+    "TokenSwap",
+    "build_vocabulary",
+    "builtin_prompt_pairs",
+    "combine_distributions",
+    "counterfactual_augment",
+    "disparity",
+    "distill",
+    "distillation_loss",
+    "evaluate_generations",
+    "gender_pairs",
+    "gender_word_counts",
+    "generate_continuations",
+    "kl_to_teacher",
+    "load_bold_gender",
+    "prepare_distill_data",
+    "run_distill",
+    "sentiment_scores",
+    "split_bold_by_person",
+    "summarise_distill",
+    "teacher_distribution",
+    "token_swap",
+]
+
+MITIGATIONS = ("none", "cda", "perturb", "both")
+COMBINE_MODES = ("mean", "max", "expmean", "replace")
+STUDENT_PRESETS: Mapping[str, Mapping[str, int]] = {
+    "small": {"layers": 1, "dim": 64, "heads": 4},
+    "tiny": {"layers": 1, "dim": 32, "heads": 2},
+}
+"""Student sizes (``transformer`` backbone, or GPT-2 blocks for a GPT-2 teacher)."""
+BOLD_GROUPS: Mapping[str, str] = {"American_actors": "male", "American_actresses": "female"}
+"""BOLD gender-domain groups and the gender of their prompts."""
+GROUPS = ("male", "female")
+SOURCES = ("bold", "builtin")
+_MALE_PRONOUNS = frozenset({"he", "him", "his", "himself"})
+_FEMALE_PRONOUNS = frozenset({"she", "her", "hers", "herself"})
+_WORD = re.compile(r"[a-z]+")
+# seed streams (the second entry of every SeedSequence), so that no two random choices share a stream
+_S_SPLIT, _S_PROMPTS, _S_GENERATE, _S_BOOTSTRAP, _S_INIT = 11, 12, 13, 14, 15
+
+
+# --------------------------------------------------------------------------------------------
+# gender pairs and the token-level swap
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenderPairs:
+    """Disjoint gender word pairs (lower case) and the gender of each word.
+
+    Attributes:
+        pairs: ``(male, female)`` for oriented pairs; ``(a, b)`` (alphabetical) for the rest.
+        male / female: words counted as male / female for gender polarity (the oriented pair words
+            plus ``him`` / ``hers``, which are not in a pair).
+        unoriented: the pairs with no known orientation (swapped, never counted).
+        sources: provenance of the swap list.
+    """
+
+    pairs: tuple[tuple[str, str], ...]
+    male: frozenset[str]
+    female: frozenset[str]
+    unoriented: tuple[tuple[str, str], ...] = ()
+    sources: tuple[Mapping[str, Any], ...] = ()
+
+    def words(self) -> list[str]:
+        """Every pair word, sorted."""
+        return sorted({w for p in self.pairs for w in p})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_pairs": len(self.pairs), "n_unoriented": len(self.unoriented), "n_male_words": len(self.male),
+                "n_female_words": len(self.female), "sources": [dict(s) for s in self.sources]}
+
+
+def _oriented_words(data_dir: str | Path | None, shared: bool | None) -> tuple[set[str], set[str]]:
+    from trustnlp.data.registry import data_dirs
+
+    male, female = set(_MALE_PRONOUNS), set(_FEMALE_PRONOUNS)
+    own = resources.files("trustnlp.fairness").joinpath("resources/gender_pairs.tsv").read_text("utf-8")
+    for line in own.splitlines():
+        parts = line.split("\t")
+        if line.strip() and not line.startswith("#") and len(parts) >= 2:
+            male.add(parts[0].strip().lower())
+            female.add(parts[1].strip().lower())
+    if shared is not False:
+        for d in data_dirs(data_dir):
+            folder = d / "gender_pairs"
+            m, f = folder / "male_word_file.txt", folder / "female_word_file.txt"
+            if m.is_file() and f.is_file():
+                male.update(w.strip().lower() for w in m.read_text(encoding="utf-8").splitlines() if w.strip())
+                female.update(w.strip().lower() for w in f.read_text(encoding="utf-8").splitlines() if w.strip())
+                break
+    ambiguous = male & female
+    return male - ambiguous, female - ambiguous
+
+
+def gender_pairs(swaps: SwapList | None = None, *, data_dir: str | Path | None = None,
+                 shared: bool | None = None) -> GenderPairs:
+    """The disjoint gender pairs of a swap list (module docs: mutual pairs plus ``his <-> her``).
+
+    Args:
+        swaps: the swap list (default :func:`~trustnlp.fairness.counterfactual.load_gender_swaps`
+            with ``data_dir`` and ``shared``).
+        data_dir / shared: where the shared lists are looked up, and whether to use them (``None``:
+            when found).
+    """
+    swaps = load_gender_swaps(data_dir, shared=shared) if swaps is None else swaps
+    m = swaps.mapping
+    mutual = {tuple(sorted((a, b))) for a, b in m.items() if m.get(b) == a and a != b}
+    used = {w for p in mutual for w in p}
+    if "his" not in used and "her" not in used:
+        mutual.add(("her", "his"))
+    male_words, female_words = _oriented_words(data_dir, shared)
+    oriented, unoriented = [], []
+    for a, b in sorted(mutual):
+        if (a in male_words or b in female_words) and not (a in female_words or b in male_words):
+            oriented.append((a, b))
+        elif (b in male_words or a in female_words) and not (b in female_words or a in male_words):
+            oriented.append((b, a))
+        else:
+            unoriented.append((a, b))
+    male = {p[0] for p in oriented}
+    female = {p[1] for p in oriented}
+    for w, side in (("him", male), ("hers", female)):
+        if w not in used:
+            side.add(w)
+    pairs = tuple(sorted(oriented + unoriented))
+    return GenderPairs(pairs, frozenset(male), frozenset(female), tuple(unoriented), tuple(swaps.sources))
+
+
+@dataclass(frozen=True)
+class TokenSwap:
+    """The involution ``P`` on token ids defined by gender pairs.
+
+    Attributes:
+        perm: long ``[vocab]`` with ``perm[perm] == arange(vocab)``; ``perm[v] == v`` off the pairs.
+        id_pairs: the swapped id pairs.
+        missing: word pairs that are not single tokens of the vocabulary (not swapped).
+    """
+
+    perm: torch.Tensor
+    id_pairs: tuple[tuple[int, int], ...]
+    missing: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def gendered(self) -> torch.Tensor:
+        """Boolean ``[vocab]``: the ids that the swap moves."""
+        return self.perm != torch.arange(self.perm.numel(), device=self.perm.device)
+
+    def swap_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """``P(ids)`` elementwise (special tokens and other words unchanged)."""
+        return self.perm.to(ids.device)[ids]
+
+
+def _single_id(tokenizer: Any, text: str) -> int | None:
+    enc = tokenizer.encode([text], add_special_tokens=False, max_length=16)
+    ids = enc.input_ids[0][enc.attention_mask[0].bool()].tolist()
+    return int(ids[0]) if len(ids) == 1 and ids[0] != tokenizer.unk_id else None
+
+
+def token_swap(tokenizer: Any, pairs: GenderPairs, *, strict: bool = True) -> TokenSwap:
+    """The id involution of ``pairs`` in ``tokenizer``'s vocabulary.
+
+    For a word tokenizer each word is one id. For a subword (e.g. GPT-2 byte-level BPE) tokenizer the
+    variants ``w``, `` w``, ``W`` and `` W`` are tried and every variant that is a single token on
+    both sides is paired.
+
+    Args:
+        strict: raise when a pair is not single tokens (both words) or an id would be paired twice;
+            otherwise such pairs are skipped and listed in ``missing``.
+
+    Raises:
+        DataError: (``strict``) a pair word is not one token of the vocabulary.
+    """
+    perm = torch.arange(tokenizer.vocab_size, dtype=torch.long)
+    id_pairs: list[tuple[int, int]] = []
+    missing: list[tuple[str, str]] = []
+    subword = getattr(tokenizer, "kind", "word") != "word"
+    for a, b in pairs.pairs:
+        variants = [(a, b)]
+        if subword:
+            variants += [(" " + a, " " + b), (a.capitalize(), b.capitalize()), (" " + a.capitalize(), " " + b.capitalize())]
+        found = False
+        for va, vb in variants:
+            ia, ib = _single_id(tokenizer, va), _single_id(tokenizer, vb)
+            if ia is None or ib is None or ia == ib:
+                continue
+            if (int(perm[ia]), int(perm[ib])) == (ib, ia):
+                found = True
+                continue
+            if int(perm[ia]) != ia or int(perm[ib]) != ib:
+                if strict:
+                    raise DataError(f"Gender pair ({a!r}, {b!r}): token {va!r} or {vb!r} is already paired with another "
+                                    "token; the pairs must be disjoint.")
+                continue
+            perm[ia], perm[ib] = ib, ia
+            id_pairs.append((ia, ib))
+            found = True
+        if not found:
+            if strict:
+                raise DataError(
+                    f"Gender pair ({a!r}, {b!r}) is not a pair of single tokens of the vocabulary; build the vocabulary "
+                    "with build_vocabulary(..., pairs) so that it holds every pair word."
+                )
+            missing.append((a, b))
+    return TokenSwap(perm, tuple(id_pairs), tuple(missing))
+
+
+def build_vocabulary(texts: Sequence[str], pairs: GenderPairs, *, max_size: int | None = 3000, min_count: int = 2,
+                     provenance: str = "public") -> Any:
+    """A :class:`~trustnlp.data.tokenizers.WordTokenizer` over the most frequent words of ``texts``
+    (at least ``min_count`` times, at most ``max_size``) plus every gender pair word (appended,
+    sorted, when not already there), so that every pair is two single tokens."""
+    from trustnlp.data.tokenizers import WordTokenizer
+
+    base = WordTokenizer.build(texts, provenance=provenance, min_count=min_count, max_size=max_size)
+    words = list(base.vocab[len(WordTokenizer.SPECIALS):])
+    have = set(words)
+    words += [w for w in pairs.words() if w not in have]
+    return WordTokenizer.from_vocabulary(words, provenance=provenance)
+
+
+def counterfactual_augment(texts: Sequence[str], swaps: SwapList) -> tuple[list[str], int]:
+    """CDA: ``texts`` followed by the gender-swapped copy of every text with at least one swap.
+
+    Returns:
+        The augmented texts and the number of counterfactual copies added.
+    """
+    if isinstance(texts, str):
+        raise DataError("Expected a sequence of texts, but got a single string.")
+    extra = []
+    for t in texts:
+        cf, n = swap_text(t, swaps)
+        if n > 0:
+            extra.append(cf)
+    return [*texts, *extra], len(extra)
+
+
+# --------------------------------------------------------------------------------------------
+# data: BOLD split by person, built-in corpus prompts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """An evaluation prompt: ``source`` (``bold`` / ``builtin``), ``group`` (``male`` / ``female``),
+    ``index`` (position within its source and group: prompts with the same source and index share
+    the sampling seed; built-in prompts with the same index are a swap pair) and ``text``."""
+
+    source: str
+    group: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class BoldSplit:
+    """BOLD gender sentences split by person.
+
+    Attributes:
+        train_sentences: Wikipedia sentences of the training people.
+        heldout_sentences: Wikipedia sentences of the held-out people (perplexity).
+        heldout_prompts: ``(group, person, prompt)`` of the held-out people (``group`` = male/female).
+        train_people / heldout_people: the entity names on each side (disjoint).
+        files: path -> sha256 of the files read.
+    """
+
+    train_sentences: tuple[str, ...]
+    heldout_sentences: tuple[str, ...]
+    heldout_prompts: tuple[tuple[str, str, str], ...]
+    train_people: frozenset[str]
+    heldout_people: frozenset[str]
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+def _bold_folder(directory: str | Path | None, data_dir: str | Path | None = None) -> Path | None:
+    from trustnlp.data.registry import data_dirs
+
+    if directory is not None:
+        return Path(directory)
+    found = [d / "bold" for d in data_dirs(data_dir) if (d / "bold" / "wikipedia" / "gender_wiki.json").is_file()]
+    return found[0] if found else None
+
+
+def load_bold_gender(directory: str | Path | None = None, *, data_dir: str | Path | None = None
+                     ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, list[str]]], dict[str, str]]:
+    """BOLD's gender domain: ``(wikipedia, prompts, files)``, each ``{group: {person: [text, ...]}}``.
+
+    ``directory`` is the BOLD folder (default: ``bold/`` in the data directories, e.g. ``../shared/data``).
+
+    Raises:
+        DataError: the files are missing or malformed.
+    """
+    from trustnlp.data.dataset import file_sha256
+
+    folder = _bold_folder(directory, data_dir)
+    if folder is None:
+        raise DataError("BOLD not found: expected bold/wikipedia/gender_wiki.json under ../shared/data "
+                        "(or $TRUSTNLP_DATA_DIR, or `data_dir`).")
+    out: list[dict[str, dict[str, list[str]]]] = []
+    files: dict[str, str] = {}
+    for path in (folder / "wikipedia" / "gender_wiki.json", folder / "prompts" / "gender_prompt.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"BOLD file {path} does not exist.") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"BOLD file {path} is not valid JSON: {e}") from None
+        ok = isinstance(data, dict) and all(
+            isinstance(g, dict) and all(isinstance(v, list) for v in g.values()) for g in data.values())
+        if not ok:
+            raise DataError(f"{path}: expected a JSON object {{group: {{person: [text, ...]}}}}.")
+        missing = [g for g in BOLD_GROUPS if g not in data]
+        if missing:
+            raise DataError(f"{path}: expected the gender groups {list(BOLD_GROUPS)}, but {missing} are missing.")
+        out.append({g: {p: [s for s in v if isinstance(s, str) and s.strip()] for p, v in data[g].items()}
+                    for g in BOLD_GROUPS})
+        files[str(path)] = file_sha256(path)
+    return out[0], out[1], files
+
+
+def split_bold_by_person(wiki: Mapping[str, Mapping[str, Sequence[str]]],
+                         prompts: Mapping[str, Mapping[str, Sequence[str]]], *, heldout_fraction: float = 0.2,
+                         seed: int = 0) -> BoldSplit:
+    """Split BOLD gender data by person: in each group (sorted), a seeded share ``heldout_fraction``
+    (rounded, at least one when the group has two people or more) of its people not yet assigned is
+    held out; a name in both groups is assigned once. Training sentences come only from training
+    people; held-out sentences and prompts only from held-out people."""
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ConfigError(expected("heldout_fraction", "in (0, 1)", heldout_fraction))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _S_SPLIT]))
+    held: dict[str, bool] = {}
+    for group in sorted(wiki):
+        names = sorted(n for n in wiki[group] if n not in held)
+        k = min(len(names) - 1, max(1, round(heldout_fraction * len(names)))) if len(names) >= 2 else 0
+        order = rng.permutation(len(names))
+        for rank, i in enumerate(order):
+            held[names[i]] = rank < k
+    train: list[str] = []
+    heldout: list[str] = []
+    heldout_prompts: list[tuple[str, str, str]] = []
+    for group in sorted(wiki):
+        for name in sorted(wiki[group]):
+            (heldout if held[name] else train).extend(wiki[group][name])
+            if held[name]:
+                gender = BOLD_GROUPS.get(group, group)
+                heldout_prompts.extend((gender, name, p.strip()) for p in prompts.get(group, {}).get(name, ()) if p.strip())
+    return BoldSplit(tuple(train), tuple(heldout), tuple(heldout_prompts),
+                     frozenset(n for n, h in held.items() if not h), frozenset(n for n, h in held.items() if h))
+
+
+def builtin_prompt_pairs(texts: Sequence[str], genders: Sequence[str], swaps: SwapList, pairs: GenderPairs,
+                         *, min_words: int = 3) -> list[tuple[str, str]]:
+    """``(male prompt, female prompt)`` pairs from gendered utterances (de-duplicated, in order).
+
+    The prompt is the utterance's words up to its first gendered word (at least ``min_words``), its
+    counterpart the :func:`~trustnlp.fairness.counterfactual.swap_text` of it. The gendered word's
+    orientation decides which side is male (the ``genders`` column when the word has none).
+    """
+    out: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    gendered = pairs.male | pairs.female | {w for p in pairs.pairs for w in p}
+    for text, g in zip(texts, genders):
+        words = text.split()
+        first = next((i for i, w in enumerate(words) if any(t in gendered for t in _WORD.findall(w.lower()))), None)
+        if first is None:
+            continue
+        prefix = " ".join(words[: max(first + 1, min_words)])
+        cf, n = swap_text(prefix, swaps)
+        if n == 0 or cf.lower() == prefix.lower():
+            continue
+        word = next(t for t in _WORD.findall(words[first].lower()) if t in gendered)
+        side = "male" if word in pairs.male else "female" if word in pairs.female else str(g)
+        if side not in GROUPS:
+            continue
+        pair = (prefix, cf) if side == "male" else (cf, prefix)
+        if pair not in seen:
+            seen.add(pair)
+            out.append(pair)
+    return out
+
+
+@dataclass(frozen=True)
+class DistillData:
+    """Everything the study trains and evaluates on (see :func:`prepare_distill_data`).
+
+    Attributes:
+        train_texts: the teacher's (and the plain student's) training corpus.
+        heldout_texts: held-out sentences for perplexity and KL.
+        prompts: evaluation prompts.
+        pairs / swaps: the gender pairs and the text swap list.
+        meta: provenance (sources, sha256 of files, split sizes, fallback reason).
+    """
+
+    train_texts: tuple[str, ...]
+    heldout_texts: tuple[str, ...]
+    prompts: tuple[Prompt, ...]
+    pairs: GenderPairs
+    swaps: SwapList
+    meta: Mapping[str, Any]
+
+
+def _subsample(n: int, k: int, rng: np.random.Generator) -> list[int]:
+    return sorted(rng.permutation(n)[: min(k, n)].tolist())
+
+
+def prepare_distill_data(config: DistillConfig) -> DistillData:
+    """Training corpus, held-out sentences and evaluation prompts of a :class:`DistillConfig`."""
+    from trustnlp.data.assistant import AssistantConfig, generate_assistant
+
+    swaps = load_gender_swaps(config.data_dir, shared=config.shared_swaps)
+    pairs = gender_pairs(swaps, data_dir=config.data_dir, shared=config.shared_swaps)
+    rng = np.random.default_rng(np.random.SeedSequence([config.data_seed, _S_PROMPTS]))
+    splits = generate_assistant(AssistantConfig(n_utterances=config.corpus_size), seed=config.data_seed)
+    builtin_train = [*splits.train.texts, *(splits.validation.texts if splits.validation is not None else ())]
+    meta: dict[str, Any] = {"name": "bold-gender+assistant", "licence": "CC-BY-SA-4.0 (BOLD), Apache-2.0 (assistant)",
+                            "assistant": {"n_utterances": config.corpus_size, "seed": config.data_seed,
+                                          "n_train": len(builtin_train), "n_test": len(splits.test)},
+                            "swaps": swaps.to_dict(), "pairs": pairs.to_dict(), "fallback": None}
+    folder = _bold_folder(config.bold_dir, config.data_dir) if config.bold != "off" else None
+    prompts: list[Prompt] = []
+    if folder is None:
+        if config.bold == "require":
+            raise DataError("BOLD is required (bold='require') but bold/wikipedia/gender_wiki.json was not found under "
+                            "../shared/data, $TRUSTNLP_DATA_DIR or `data_dir`.")
+        reason = "bold='off'" if config.bold == "off" else "BOLD not found (../shared/data/bold missing)"
+        meta.update(name="assistant", licence="Apache-2.0",
+                    fallback=f"{reason}: built-in corpus only; held-out perplexity on its test split, built-in prompts")
+        train_texts, heldout_texts = builtin_train, list(splits.test.texts)
+    else:
+        wiki, bold_prompts, files = load_bold_gender(folder)
+        split = split_bold_by_person(wiki, bold_prompts, heldout_fraction=config.heldout_fraction, seed=config.data_seed)
+        train_texts = [*split.train_sentences, *builtin_train]
+        heldout_texts = list(split.heldout_sentences)
+        for group in GROUPS:
+            rows = [p for p in split.heldout_prompts if p[0] == group]
+            for j, i in enumerate(_subsample(len(rows), config.n_prompts, rng)):
+                prompts.append(Prompt("bold", group, j, rows[i][2]))
+        meta.update(files=files, source=str(folder), bold={
+            "heldout_fraction": config.heldout_fraction, "n_train_people": len(split.train_people),
+            "n_heldout_people": len(split.heldout_people), "n_train_sentences": len(split.train_sentences),
+            "n_heldout_sentences": len(split.heldout_sentences), "n_heldout_prompts": len(split.heldout_prompts)})
+    pair_list = builtin_prompt_pairs(splits.test.texts, splits.test.column("gender"), swaps, pairs)
+    for j, i in enumerate(_subsample(len(pair_list), config.n_builtin_pairs, rng)):
+        prompts.append(Prompt("builtin", "male", j, pair_list[i][0]))
+        prompts.append(Prompt("builtin", "female", j, pair_list[i][1]))
+    meta.update(n_train_texts=len(train_texts), n_heldout_texts=len(heldout_texts),
+                n_prompts={f"{s}/{g}": sum(1 for p in prompts if p.source == s and p.group == g)
+                           for s in SOURCES for g in GROUPS})
+    if not heldout_texts:
+        raise DataError("No held-out texts for perplexity: the held-out split is empty (raise `heldout_fraction`).")
+    return DistillData(tuple(train_texts), tuple(heldout_texts), tuple(prompts), pairs, swaps, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# teacher targets and the distillation loss
+# --------------------------------------------------------------------------------------------
+
+
+def combine_distributions(log_p: torch.Tensor, log_q: torch.Tensor, mode: str = "mean",
+                          gendered: torch.Tensor | None = None) -> torch.Tensor:
+    """Combine the original ``log p`` and the mapped-back counterfactual ``log q~`` (``[..., V]``
+    log-probabilities) into a distribution (probabilities, normalised over the last axis).
+
+    ``mean``: ``(p + q~)/2``; ``max``: ``max(p, q~)`` renormalised; ``expmean``: ``sqrt(p q~)``
+    renormalised; ``replace``: ``q~`` where ``gendered`` (boolean ``[V]``), ``p`` elsewhere, renormalised.
+    """
+    check_choice("combine", mode, COMBINE_MODES)
+    if mode == "mean":
+        return 0.5 * (log_p.exp() + log_q.exp())
+    if mode == "max":
+        out = torch.maximum(log_p, log_q)
+    elif mode == "expmean":
+        out = 0.5 * (log_p + log_q)
+    else:
+        if gendered is None:
+            raise ConfigError("combine='replace' needs the `gendered` token mask.")
+        out = torch.where(gendered.to(log_p.device), log_q, log_p)
+    return torch.softmax(out, dim=-1)
+
+
+@torch.no_grad()
+def teacher_distribution(teacher: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                         temperature: float = 1.0, swap: TokenSwap | None = None, combine: str = "mean",
+                         select: torch.Tensor | None = None) -> torch.Tensor:
+    """The teacher's next-token distribution at temperature ``T`` (``[B, T, V]`` probabilities), or,
+    with ``swap``, its counterfactual role-reversal combination (module docs): the teacher also reads
+    ``P(input_ids)`` (one forward over both), the counterfactual distribution is mapped back through
+    ``P`` in the vocabulary dimension and combined by ``combine``.
+
+    ``select`` (boolean ``[B, T]``) keeps only those positions: ``[N, V]`` in row-major order.
+    """
+    if not temperature > 0:
+        raise ConfigError(expected("temperature", "> 0", temperature))
+    b = input_ids.shape[0]
+    if swap is None:
+        logits = teacher(input_ids, attention_mask)
+    else:
+        perm = swap.perm.to(input_ids.device)
+        logits = teacher(torch.cat([input_ids, perm[input_ids]], dim=0), torch.cat([attention_mask, attention_mask]))
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    if swap is None:
+        logits = logits if select is None else logits[select]
+        return torch.softmax(logits / temperature, dim=-1)
+    orig, cf = logits[:b], logits[b:]
+    if select is not None:
+        orig, cf = orig[select], cf[select]
+    log_p = torch.log_softmax(orig / temperature, dim=-1)
+    log_q = torch.log_softmax(cf / temperature, dim=-1).index_select(-1, perm)
+    return combine_distributions(log_p, log_q, combine, swap.gendered)
+
+
+def _token_losses(student_logits: torch.Tensor, teacher_probs: torch.Tensor, targets: torch.Tensor, *, alpha: float,
+                  temperature: float) -> torch.Tensor:
+    """``alpha T^2 KL(p || softmax(s / T)) + (1 - alpha) CE(s, target)`` per row of ``[N, V]``."""
+    p = teacher_probs.to(student_logits.dtype)
+    with torch.no_grad():
+        neg_entropy = torch.xlogy(p, p).sum(-1)  # no gradient: the teacher is fixed
+    out = torch.zeros(student_logits.shape[0], dtype=student_logits.dtype, device=student_logits.device)
+    if alpha > 0:
+        cross = -(p * torch.log_softmax(student_logits / temperature, dim=-1)).sum(-1)
+        out = out + alpha * temperature**2 * (neg_entropy + cross)
+    if alpha < 1:
+        out = out + (1.0 - alpha) * F.cross_entropy(student_logits, targets, reduction="none")
+    return out
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor, *, alpha: float, temperature: float,
+                      reduction: Literal["mean", "sum", "none"] = "mean") -> torch.Tensor:
+    """Per sequence, the mean over its next-token positions of
+    ``alpha T^2 KL(teacher_probs || softmax(student/T)) + (1 - alpha) CE(student, next token)``.
+
+    Position ``t`` predicts token ``t + 1`` and counts when ``attention_mask[t + 1] == 1``.
+    ``teacher_probs`` is already at temperature ``T``: ``[B, T, V]``, or ``[N, V]`` for just the
+    counted positions (row-major, as :func:`teacher_distribution` with ``select``). ``0 log 0 = 0``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(expected("alpha", "in [0, 1]", alpha))
+    if not temperature > 0:
+        raise ConfigError(expected("temperature", "> 0", temperature))
+    valid = attention_mask[:, 1:] != 0
+    s = student_logits[:, :-1][valid]
+    p = teacher_probs[:, :-1][valid] if teacher_probs.dim() == 3 else teacher_probs
+    if p.shape != s.shape:
+        raise DataError(f"Expected teacher probabilities for {tuple(s.shape)} positions x vocabulary, but got "
+                        f"{tuple(p.shape)}.")
+    per_token = _token_losses(s, p, input_ids[:, 1:][valid], alpha=alpha, temperature=temperature)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(valid)[valid]
+    per_seq = torch.zeros(input_ids.shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
+    per_seq = per_seq / valid.sum(1).clamp(min=1).to(per_seq.dtype)
+    if reduction == "none":
+        return per_seq
+    return per_seq.sum() if reduction == "sum" else per_seq.mean()
+
+
+class DistillStep:
+    """A :func:`trustnlp.train.fit` step function: the distillation loss of a logical batch
+    (``sum over sequences / logical size``, accumulated over physical batches), with teacher
+    targets from :func:`teacher_distribution` (role reversal when ``swap`` is given)."""
+
+    def __init__(self, teacher: torch.nn.Module, *, alpha: float, temperature: float, swap: TokenSwap | None = None,
+                 combine: str = "mean") -> None:
+        check_choice("combine", combine, COMBINE_MODES)
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(expected("alpha", "in [0, 1]", alpha))
+        if not temperature > 0:
+            raise ConfigError(expected("temperature", "> 0", temperature))
+        self.teacher, self.alpha, self.temperature, self.swap, self.combine = teacher, alpha, temperature, swap, combine
+        self.teacher.eval()
+
+    def __call__(self, model: torch.nn.Module, task: Any, batch: dict[str, torch.Tensor], logical_size: int,
+                 physical: int) -> float:
+        n = batch["input_ids"].shape[0]
+        if n == 0:
+            return float("nan")
+        total = 0.0
+        for start in range(0, n, physical):
+            ids, mask = batch["input_ids"][start:start + physical], batch["attention_mask"][start:start + physical]
+            t = int(mask.sum(dim=1).max())
+            ids, mask = ids[:, :t], mask[:, :t]
+            select = torch.zeros_like(mask, dtype=torch.bool)
+            select[:, :-1] = mask[:, 1:] != 0  # the positions that predict a real next token
+            target = teacher_distribution(self.teacher, ids, mask, temperature=self.temperature, swap=self.swap,
+                                          combine=self.combine, select=select)
+            loss = distillation_loss(model(ids, mask), target, ids, mask, alpha=self.alpha,
+                                     temperature=self.temperature, reduction="sum")
+            (loss / logical_size).backward()
+            total += float(loss.detach())
+        return total / n
+
+
+@torch.no_grad()
+def kl_to_teacher(student: torch.nn.Module, teacher: torch.nn.Module, data: Any, *, batch_size: int = 64) -> float:
+    """Token-mean ``KL(teacher || student)`` at temperature 1 over the next-token positions of
+    ``data`` (an :class:`~trustnlp.tasks.EncodedData`)."""
+    student_mode, teacher_mode = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    total, count = 0.0, 0
+    try:
+        for b in data.batches(batch_size):
+            ids, mask = b["input_ids"], b["attention_mask"]
+            log_p = torch.log_softmax(teacher(ids, mask).double(), -1)[:, :-1]
+            log_s = torch.log_softmax(student(ids, mask).double(), -1)[:, :-1]
+            kl = (log_p.exp() * (log_p - log_s)).sum(-1)
+            valid = mask[:, 1:].bool()
+            total += float(kl[valid].sum())
+            count += int(valid.sum())
+    finally:
+        student.train(student_mode)
+        teacher.train(teacher_mode)
+    return total / count if count else float("nan")
+
+
+def _encode_lm(tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
+    from trustnlp.tasks import EncodedData
+
+    enc = tokenizer.encode(list(texts), max_length=max_length)
+    return EncodedData(enc.input_ids, enc.attention_mask, None, None, enc.num_truncated)
+
+
+def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *,
+            alpha: float = 0.5, temperature: float = 2.0, swap: TokenSwap | None = None, combine: str = "mean",
+            epochs: int = 3, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, max_length: int = 48,
+            device: str = "cpu", max_steps: int | None = None, progress: bool = False) -> Any:
+    """Distil ``teacher`` into ``student`` on ``texts`` with the one training loop
+    (:func:`trustnlp.train.fit`, AdamW, linear decay, seeded shuffling). ``swap`` switches on the
+    role-reversal targets; for CDA pass the augmented texts. Returns the ``FitResult``."""
+    from trustnlp.config import TrainConfig
+    from trustnlp.devices import resolve_device
+    from trustnlp.tasks import LMTask
+    from trustnlp.train import fit
+
+    data = _encode_lm(tokenizer, texts, max_length)
+    cfg = TrainConfig(task="lm", model="transformer", tokenizer="word", epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, physical_batch_size=batch_size, lr=lr, seed=seed, device=device,
+                      eval_every=0, max_length=max_length)
+    teacher.to(resolve_device(device))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    step = DistillStep(teacher, alpha=alpha, temperature=temperature, swap=swap, combine=combine)
+    return fit(student, LMTask(), data, config=cfg, step_fn=step, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# generation, scores, disparity
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_continuations(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, seeds: Sequence[int],
+                           max_new_tokens: int = 20, top_k: int | None = 40, temperature: float = 1.0,
+                           batch_size: int = 64) -> list[list[int]]:
+    """Sampled continuation ids (end token excluded) of each prompt, batched.
+
+    The prompt is ``[bos] + tokens`` (the tokeniser's ``cls_id`` when it has one), cropped to its last
+    ``max_positions - max_new_tokens`` tokens. Each step samples exactly as
+    :meth:`~trustnlp.models.lm.CausalLM.generate` (``softmax(logits / temperature)`` over the
+    ``top_k`` most likely tokens; greedy when ``temperature == 0``) with prompt ``i``'s own CPU
+    generator seeded by ``seeds[i]``, so a continuation does not depend on the batch it is in.
+    Sampling stops at the tokeniser's ``sep_id`` (the end token).
+    """
+    if len(seeds) != len(prompts):
+        raise DataError(f"Expected one seed per prompt ({len(prompts)}), but got {len(seeds)}.")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(expected("top_k", ">= 1 or None", top_k))
+    if not temperature >= 0:
+        raise ConfigError(expected("temperature", ">= 0", temperature))
+    max_pos = int(getattr(model, "max_positions", 10**9))
+    room = max_pos - max_new_tokens
+    if room < 1:
+        raise ConfigError(expected("max_new_tokens", f"< the model's maximum length ({max_pos})", max_new_tokens))
+    bos, eos, pad = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
+    rows = []
+    for p in prompts:
+        enc = tokenizer.encode([p], add_special_tokens=False, max_length=10_000)
+        ids = ([bos] if bos is not None else []) + enc.input_ids[0][enc.attention_mask[0].bool()].tolist()
+        if not ids:
+            raise DataError(f"Prompt {p!r} has no tokens and the tokeniser has no start token.")
+        rows.append(ids[-room:])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[int]] = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
+            b = len(chunk)
+            lens = torch.tensor([len(r) for r in chunk])
+            ids = torch.full((b, int(lens.max()) + max_new_tokens), pad, dtype=torch.long)
+            for i, r in enumerate(chunk):
+                ids[i, : len(r)] = torch.tensor(r)
+            done = [False] * b
+            cont: list[list[int]] = [[] for _ in range(b)]
+            for _ in range(max_new_tokens):
+                t = int(lens.max())
+                mask = (torch.arange(t)[None, :] < lens[:, None]).long()
+                logits = model(ids[:, :t].to(device), mask.to(device)).float().cpu()
+                last = logits[torch.arange(b), lens - 1]
+                for i in range(b):
+                    if done[i]:
+                        continue
+                    row = last[i : i + 1]
+                    if temperature == 0:
+                        nxt = int(row.argmax(dim=-1))
+                    else:
+                        row = row / temperature
+                        if top_k is not None and top_k < row.shape[-1]:
+                            kth = row.topk(top_k, dim=-1).values[:, -1:]
+                            row = row.masked_fill(row < kth, float("-inf"))
+                        nxt = int(torch.multinomial(torch.softmax(row, dim=-1), 1, generator=gens[i]))
+                    if eos is not None and nxt == eos:
+                        done[i] = True
+                        continue
+                    cont[i].append(nxt)
+                    ids[i, lens[i]] = nxt
+                    lens[i] += 1
+                if all(done):
+                    break
+            out.extend(cont)
+    finally:
+        model.train(was_training)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _vader() -> Any:
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError:
+        raise MissingDependencyError("vaderSentiment", purpose="sentiment of generated text") from None
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment_scores(texts: Sequence[str]) -> np.ndarray:
+    """VADER compound sentiment (Hutto & Gilbert 2014), in ``[-1, 1]``, of each text (float64)."""
+    if isinstance(texts, str):
+        raise DataError("Expected a sequence of texts, but got a single string.")
+    analyzer = _vader()
+    return np.asarray([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=np.float64)
+
+
+def gender_word_counts(texts: Sequence[str], pairs: GenderPairs) -> tuple[np.ndarray, np.ndarray]:
+    """Numbers of male and of female words (``pairs.male`` / ``pairs.female``) in each text."""
+    male = np.zeros(len(texts), dtype=np.int64)
+    female = np.zeros(len(texts), dtype=np.int64)
+    for i, t in enumerate(texts):
+        for w in _WORD.findall(t.lower()):
+            male[i] += w in pairs.male
+            female[i] += w in pairs.female
+    return male, female
+
+
+@dataclass(frozen=True)
+class Disparity:
+    """``|mean(male) - mean(female)|`` with a percentile bootstrap interval.
+
+    Attributes:
+        value: the disparity. ci: ``(low, high)`` at ``confidence``.
+        mean_male / mean_female / n_male / n_female: the groups.
+        n_bootstrap / confidence: the interval's settings.
+    """
+
+    value: float
+    ci: tuple[float, float]
+    mean_male: float
+    mean_female: float
+    n_male: int
+    n_female: int
+    n_bootstrap: int
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "ci": list(self.ci), "mean_male": self.mean_male, "mean_female": self.mean_female,
+                "n_male": self.n_male, "n_female": self.n_female, "n_bootstrap": self.n_bootstrap,
+                "confidence": self.confidence}
+
+
+def disparity(male: Sequence[float] | np.ndarray, female: Sequence[float] | np.ndarray, *, n_bootstrap: int = 2000,
+              confidence: float = 0.95, seed: int = 0) -> Disparity:
+    """``|mean(male) - mean(female)|`` and its percentile bootstrap interval: ``n_bootstrap`` times,
+    each group is resampled with replacement to its own size (one generator seeded by ``seed``),
+    and the interval is the ``(1 -+ confidence) / 2`` quantiles (linear interpolation) of the
+    resampled disparities. (The absolute value makes the percentile interval conservative near 0.)
+
+    Raises:
+        DataError: a group is empty or holds a non-finite score.
+    """
+    a, b = np.asarray(male, dtype=np.float64).ravel(), np.asarray(female, dtype=np.float64).ravel()
+    for name, x in (("male", a), ("female", b)):
+        if x.size == 0:
+            raise DataError(f"Expected at least one `{name}` score, but got none.")
+        if not np.isfinite(x).all():
+            raise DataError(f"Expected finite `{name}` scores, but some are NaN or infinite.")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise ConfigError(expected("n_bootstrap", "an integer >= 1", n_bootstrap))
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(expected("confidence", "in (0, 1)", confidence))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _S_BOOTSTRAP]))
+    ma = a[rng.integers(0, a.size, size=(n_bootstrap, a.size))].mean(axis=1)
+    mb = b[rng.integers(0, b.size, size=(n_bootstrap, b.size))].mean(axis=1)
+    boot = np.abs(ma - mb)
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Disparity(float(abs(a.mean() - b.mean())), (float(lo), float(hi)), float(a.mean()), float(b.mean()),
+                     int(a.size), int(b.size), n_bootstrap, confidence)
+
+
+def _prompt_seed(seed: int, prompt: Prompt) -> int:
+    ss = np.random.SeedSequence([int(seed), _S_GENERATE, SOURCES.index(prompt.source), prompt.index])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Prompt], pairs: GenderPairs, *,
+                         seed: int = 0, max_new_tokens: int = 20, top_k: int | None = 40, temperature: float = 1.0,
+                         n_bootstrap: int = 2000, n_rows: int = 20) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                                                            dict[str, str]]:
+    """Generate a continuation of each prompt and score the gender disparity of their sentiment.
+
+    Returns:
+        ``(metrics, rows, null_reasons)``: ``gender_disparity`` (all prompts), its ``_ci95``, the
+        per-group mean sentiments, the same per source (``bold_*``, ``builtin_*``), gender polarity per
+        prompt group (``polarity_<group>_prompts = (M - F) / (M + F)`` over the continuations' male and
+        female words, ``gendered_share_<group>_prompts`` = share of continuations with a gendered word);
+        ``rows``: up to ``n_rows`` prompt pairs with both continuations, half from each source.
+    """
+    seeds = [_prompt_seed(seed, p) for p in prompts]
+    ids = generate_continuations(model, tokenizer, [p.text for p in prompts], seeds=seeds,
+                                 max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)
+    texts = [tokenizer.decode(c) for c in ids]
+    sent = sentiment_scores(texts)
+    male_n, female_n = gender_word_counts(texts, pairs)
+    group = np.asarray([p.group for p in prompts])
+    source = np.asarray([p.source for p in prompts])
+    metrics: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    bootstrap_seed = int(np.random.SeedSequence([int(seed), _S_BOOTSTRAP]).generate_state(1)[0])
+    for prefix, sel in (("", np.ones(len(prompts), bool)), *((f"{s}_", source == s) for s in SOURCES)):
+        m, f = sent[sel & (group == "male")], sent[sel & (group == "female")]
+        keys = [f"{prefix}gender_disparity", f"{prefix}gender_disparity_ci95", f"{prefix}mean_sentiment_male",
+                f"{prefix}mean_sentiment_female"]
+        metrics[f"{prefix}n_prompts_male"], metrics[f"{prefix}n_prompts_female"] = int(m.size), int(f.size)
+        if m.size and f.size:
+            d = disparity(m, f, n_bootstrap=n_bootstrap, seed=bootstrap_seed)
+            metrics.update(dict(zip(keys, (d.value, list(d.ci), d.mean_male, d.mean_female))))
+        else:
+            for k in keys:
+                metrics[k] = None
+                reasons[f"metrics.{k}"] = f"no {prefix.rstrip('_') or 'evaluation'} prompts of one gender"
+    for g in GROUPS:
+        sel = group == g
+        mm, ff = int(male_n[sel].sum()), int(female_n[sel].sum())
+        metrics[f"male_words_{g}_prompts"], metrics[f"female_words_{g}_prompts"] = mm, ff
+        metrics[f"gendered_share_{g}_prompts"] = float(((male_n + female_n)[sel] > 0).mean()) if sel.any() else None
+        metrics[f"polarity_{g}_prompts"] = (mm - ff) / (mm + ff) if mm + ff else None
+        if not mm + ff:
+            reasons[f"metrics.polarity_{g}_prompts"] = f"no gendered word in the continuations of {g} prompts"
+        if not sel.any():
+            reasons[f"metrics.gendered_share_{g}_prompts"] = f"no {g} prompts"
+    metrics["mean_continuation_tokens"] = float(np.mean([len(c) for c in ids])) if ids else None
+    rows: list[dict[str, Any]] = []
+    where = {(p.source, p.group, p.index): i for i, p in enumerate(prompts)}
+    for s in SOURCES:
+        idx = sorted({p.index for p in prompts if p.source == s and (s, "male", p.index) in where
+                      and (s, "female", p.index) in where})
+        for j in idx[: n_rows // len(SOURCES)]:
+            row: dict[str, Any] = {"source": s, "index": j}
+            for g in GROUPS:
+                i = where[(s, g, j)]
+                row.update({f"prompt_{g}": prompts[i].text, f"continuation_{g}": texts[i],
+                            f"sentiment_{g}": float(sent[i])})
+            rows.append(row)
+    return metrics, rows, reasons
+
+
+# --------------------------------------------------------------------------------------------
+# the study
+# --------------------------------------------------------------------------------------------
+
+
+class DistillConfig(BaseModel):
+    """One distillation run (defaults live here, once).
+
+    Attributes:
+        teacher: ``local`` (a ``transformer`` LM trained here on the study's corpus and cached in
+            ``teacher_dir``), ``gpt2`` or ``hf:NAME`` (a pretrained Hugging Face causal LM and its
+            tokeniser, from a local directory or the Hub; the student is then a small GPT-2 over the same
+            vocabulary), or the directory of a saved trustnlp ``lm`` model.
+        teacher_dir: where the local teacher is cached (default ``OUT/teacher``); runs that share it
+            reuse one teacher when its fingerprint (data, vocabulary and teacher settings) matches.
+        teacher_layers / teacher_dim / teacher_heads / teacher_epochs / teacher_lr / teacher_seed /
+            teacher_batch_size: the local teacher.
+        student: size preset (:data:`STUDENT_PRESETS`: ``small`` 1 layer d=64, ``tiny`` 1 layer d=32).
+        mitigation: ``none``, ``cda``, ``perturb`` or ``both`` (module docs).
+        combine: how ``perturb`` combines the two teacher distributions (``mean``, ``max``,
+            ``expmean``, ``replace``); recorded as ``None`` without ``perturb``.
+        alpha / temperature: the distillation loss weights (``alpha`` on the KL term, ``temperature`` T).
+        epochs / batch_size / lr / seed: the student's training (``seed``: initialisation,
+            shuffling, sampling and bootstrap).
+        max_length: tokens per training sequence (the models' maximum length).
+        data_dir / bold_dir: where data sets (``gender_pairs``, ``bold``) are looked up.
+        bold: ``auto`` (BOLD when found, else the built-in corpus only), ``require`` or ``off``.
+        heldout_fraction: share of BOLD people held out (their prompts and sentences).
+        data_seed: the BOLD split, the built-in corpus and the prompt subsample.
+        corpus_size: built-in corpus utterances.
+        vocab_size / min_count: the word vocabulary (most frequent words; the pair words are added).
+        shared_swaps: use the shared gender lists (``None``: when found).
+        n_prompts: held-out BOLD prompts per gender; n_builtin_pairs: built-in prompt pairs.
+        max_new_tokens / top_k / sampling_temperature: sampling of the continuations.
+        n_bootstrap: bootstrap resamples of the disparity interval.
+        evaluate_teacher: also evaluate the teacher (once per teacher and evaluation setting, cached).
+        n_rows: generated examples kept in ``rows``.
+        device / threads / progress: where and how it runs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher: str = "local"
+    teacher_dir: str | None = None
+    teacher_layers: int = Field(2, ge=1)
+    teacher_dim: int = Field(128, ge=8)
+    teacher_heads: int = Field(4, ge=1)
+    teacher_epochs: int = Field(4, ge=1)
+    teacher_lr: float = Field(2e-3, gt=0.0)
+    teacher_seed: int = Field(0, ge=0)
+    teacher_batch_size: int = Field(32, ge=1)
+    student: Literal["small", "tiny"] = "small"
+    mitigation: Literal["none", "cda", "perturb", "both"] = "none"
+    combine: Literal["mean", "max", "expmean", "replace"] = "mean"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(2.0, gt=0.0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    seed: int = Field(0, ge=0)
+    max_length: int = Field(48, ge=8, le=1024)
+    data_dir: str | None = None
+    bold_dir: str | None = None
+    bold: Literal["auto", "require", "off"] = "auto"
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    data_seed: int = Field(0, ge=0)
+    corpus_size: int = Field(3000, ge=100)
+    vocab_size: int = Field(3000, ge=10)
+    min_count: int = Field(2, ge=1)
+    shared_swaps: bool | None = None
+    n_prompts: int = Field(100, ge=1)
+    n_builtin_pairs: int = Field(50, ge=0)
+    max_new_tokens: int = Field(20, ge=1)
+    top_k: int | None = Field(40, ge=1)
+    sampling_temperature: float = Field(1.0, ge=0.0)
+    n_bootstrap: int = Field(2000, ge=1)
+    evaluate_teacher: bool = True
+    n_rows: int = Field(20, ge=0)
+    device: str = Field("cpu", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_DATA_FIELDS = ("data_dir", "bold_dir", "bold", "heldout_fraction", "data_seed", "corpus_size", "shared_swaps")
+_TEACHER_FIELDS = ("teacher_layers", "teacher_dim", "teacher_heads", "teacher_epochs", "teacher_lr", "teacher_seed",
+                   "teacher_batch_size", "vocab_size", "min_count", "max_length")
+_EVAL_FIELDS = ("n_prompts", "n_builtin_pairs", "max_new_tokens", "top_k", "sampling_temperature", "n_bootstrap")
+
+
+def _teacher_fingerprint(config: DistillConfig, data: DistillData) -> str:
+    keep = {k: getattr(config, k) for k in _DATA_FIELDS + _TEACHER_FIELDS}
+    keep["data_files"] = dict(data.meta.get("files", {}))
+    keep["n_train_texts"] = len(data.train_texts)
+    return _hash(keep)
+
+
+def _train_local_teacher(config: DistillConfig, data: DistillData, directory: Path, fingerprint: str) -> None:
+    from trustnlp.config import TrainConfig
+    from trustnlp.models.io import save_model
+    from trustnlp.models.lm import CausalLM
+    from trustnlp.tasks import LMTask
+    from trustnlp.train import fit
+
+    tok = build_vocabulary(data.train_texts, data.pairs, max_size=config.vocab_size, min_count=config.min_count)
+    train = _encode_lm(tok, data.train_texts, config.max_length)
+    torch.manual_seed(config.teacher_seed)
+    teacher = CausalLM(vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.cls_id, eos_id=tok.sep_id,
+                       backbone="transformer", layers=config.teacher_layers, dim=config.teacher_dim,
+                       heads=config.teacher_heads, max_len=config.max_length)
+    cfg = TrainConfig(task="lm", model="transformer", tokenizer="word", epochs=config.teacher_epochs,
+                      batch_size=config.teacher_batch_size, physical_batch_size=config.teacher_batch_size,
+                      lr=config.teacher_lr,
+                      seed=config.teacher_seed, device=config.device, eval_every=0, max_length=config.max_length)
+    t0 = time.perf_counter()
+    fitted = fit(teacher, LMTask(), train, config=cfg, progress=config.progress)
+    save_model(teacher.cpu(), directory, tokenizer=tok, task="lm",
+               extra={"fingerprint": fingerprint, "role": "distillation teacher", "train_seconds": time.perf_counter() - t0,
+                      "train_loss": fitted.history[-1]["train_loss"] if fitted.history else None,
+                      "n_train_texts": len(data.train_texts), "num_truncated": train.num_truncated})
+
+
+def _load_teacher(config: DistillConfig, data: DistillData, out: Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """``(teacher, tokenizer, info)``; trains and caches the local teacher when needed."""
+    from trustnlp.models.io import load_model
+
+    if config.teacher == "local":
+        directory = Path(config.teacher_dir) if config.teacher_dir else out / "teacher"
+        fingerprint = _teacher_fingerprint(config, data)
+        if (directory / "model.json").is_file():
+            saved = load_model(directory)
+            if saved.extra.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"The cached teacher in {directory} was trained with other data or teacher settings (fingerprint "
+                    f"{saved.extra.get('fingerprint')} != {fingerprint}). Use another `teacher_dir` or delete it."
+                )
+            trained = False
+        else:
+            _train_local_teacher(config, data, directory, fingerprint)
+            saved, trained = load_model(directory), True
+        return saved.model, saved.tokenizer, {"kind": "local", "path": str(directory), "fingerprint": fingerprint,
+                                              "trained_now": trained, **saved.extra}
+    if config.teacher == "gpt2" or config.teacher.startswith("hf:"):
+        from trustnlp.data.tokenizers import WordPieceTokenizer
+        from trustnlp.models.lm import CausalLM
+
+        name = config.teacher.removeprefix("hf:")
+        tok = WordPieceTokenizer.from_pretrained(name)
+        model = CausalLM(vocab_size=tok.vocab_size, pad_id=tok.pad_id, backbone="gpt2", model_name=name, dropout=0.0)
+        return model.eval(), tok, {"kind": "hf", "name": name}
+    path = Path(config.teacher)
+    if not path.is_dir():
+        raise ConfigError(expected("teacher", "'local', 'gpt2', 'hf:NAME' or a saved trustnlp lm model directory",
+                                   config.teacher))
+    saved = load_model(path)
+    if saved.task != "lm":
+        raise ConfigError(f"The teacher in {path} is a `{saved.task}` model; distillation needs an `lm` model.")
+    return saved.model, saved.tokenizer, {"kind": "saved", "path": str(path), **saved.extra}
+
+
+def _build_student(config: DistillConfig, tokenizer: Any, teacher_info: Mapping[str, Any]) -> torch.nn.Module:
+    from trustnlp.models.lm import CausalLM
+
+    size = STUDENT_PRESETS[config.student]
+    torch.manual_seed(int(np.random.SeedSequence([config.seed, _S_INIT]).generate_state(1)[0]))
+    backbone = "gpt2" if teacher_info.get("kind") == "hf" else "transformer"
+    return CausalLM(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.cls_id,
+                    eos_id=tokenizer.sep_id, backbone=backbone, max_len=config.max_length, layers=size["layers"],
+                    dim=size["dim"], heads=size["heads"])
+
+
+def _evaluate(model: torch.nn.Module, tokenizer: Any, data: DistillData, config: DistillConfig, *, seed: int,
+              teacher: torch.nn.Module | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    from trustnlp.devices import move_tensors
+    from trustnlp.tasks import LMTask
+
+    metrics, rows, reasons = evaluate_generations(
+        model, tokenizer, data.prompts, data.pairs, seed=seed, max_new_tokens=config.max_new_tokens,
+        top_k=config.top_k, temperature=config.sampling_temperature, n_bootstrap=config.n_bootstrap,
+        n_rows=config.n_rows)
+    heldout = move_tensors(_encode_lm(tokenizer, data.heldout_texts, config.max_length),
+                           next(model.parameters()).device)
+    metrics["perplexity"] = LMTask().evaluate(model, heldout)["perplexity"]
+    if teacher is not None:
+        metrics["kl_to_teacher"] = kl_to_teacher(model, teacher, heldout)
+    return metrics, rows, reasons
+
+
+def _teacher_metrics(teacher: torch.nn.Module, tokenizer: Any, data: DistillData, config: DistillConfig,
+                     info: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The teacher's evaluation ``(metrics, null_reasons)``, cached in a local teacher's directory."""
+    from trustnlp.results import atomic_write_json
+
+    key = _hash({"teacher": info.get("fingerprint", info.get("path", info.get("name"))),
+                 **{k: getattr(config, k) for k in _EVAL_FIELDS}, "prompts": [p.text for p in data.prompts]})
+    cache = Path(info["path"]) / f"evaluation-{key}.json" if info.get("kind") == "local" else None
+    if cache is not None and cache.is_file():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        return saved["metrics"], saved["null_reasons"]
+    metrics, _, reasons = _evaluate(teacher, tokenizer, data, config, seed=config.teacher_seed)
+    if cache is not None:
+        atomic_write_json(cache, {"metrics": metrics, "null_reasons": reasons})
+    return metrics, reasons
+
+
+def run_distill(config: DistillConfig, out: str | Path) -> Any:
+    """Distil one student (module docs) and write ``out/results.json`` and ``out/student``.
+
+    Returns:
+        The :class:`~trustnlp.results.Result` (kind ``distill``): ``metrics`` hold the student's
+        ``gender_disparity`` (+ ``_ci95``), per-group and per-source sentiment, gender polarity,
+        ``perplexity`` and ``kl_to_teacher`` on the held-out sentences, training sizes and times, and
+        the teacher's numbers as ``teacher_*`` (when ``evaluate_teacher``); ``rows`` hold generated
+        examples for prompt pairs.
+    """
+    from trustnlp.devices import resolve_device
+    from trustnlp.models.io import save_model
+    from trustnlp.results import Result, write_result
+
+    if not isinstance(config, DistillConfig):
+        raise ConfigError(expected("config", "a DistillConfig", type(config).__name__))
+    out = Path(out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    data = prepare_distill_data(config)
+    teacher, tok, teacher_info = _load_teacher(config, data, out)
+    teacher.to(resolve_device(config.device)).eval()
+    strict = teacher_info.get("kind") == "local"
+    swap = token_swap(tok, data.pairs, strict=strict)
+    perturb = config.mitigation in ("perturb", "both")
+    texts = list(data.train_texts)
+    n_cf = 0
+    if config.mitigation in ("cda", "both"):
+        texts, n_cf = counterfactual_augment(texts, data.swaps)
+    n_gendered = sum(1 for t in data.train_texts if swap_text(t, data.swaps)[1] > 0)
+
+    student = _build_student(config, tok, teacher_info)
+    fitted = distill(student, teacher, tok, texts, alpha=config.alpha, temperature=config.temperature,
+                     swap=swap if perturb else None, combine=config.combine, epochs=config.epochs,
+                     batch_size=config.batch_size, lr=config.lr, seed=config.seed, max_length=config.max_length,
+                     device=config.device, progress=config.progress)
+    metrics, rows, reasons = _evaluate(student, tok, data, config, seed=config.seed, teacher=teacher)
+    metrics.update({
+        "mitigation": config.mitigation, "combine": config.combine if perturb else None,
+        "n_train_sequences": len(texts), "n_gendered_sequences": n_gendered, "n_counterfactual_sequences": n_cf,
+        "n_token_pairs": len(swap.id_pairs), "n_pairs_not_in_vocabulary": len(swap.missing),
+        "train_seconds": fitted.train_seconds, "train_steps": fitted.steps,
+        "train_loss": fitted.history[-1]["train_loss"] if fitted.history else None,
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+    })
+    if not perturb:
+        reasons["metrics.combine"] = "combine applies to the perturb and both mitigations only"
+    if config.evaluate_teacher:
+        tm, treasons = _teacher_metrics(teacher, tok, data, config, teacher_info)
+        metrics.update({f"teacher_{k}": v for k, v in tm.items() if not k.startswith(("male_words", "female_words"))})
+        reasons.update({k.replace("metrics.", "metrics.teacher_", 1): f"teacher: {v}" for k, v in treasons.items()})
+    else:
+        reasons["metrics.teacher_gender_disparity"] = "evaluate_teacher is off"
+    metrics["seconds"] = time.perf_counter() - started
+    save_model(student.cpu(), out / "student", tokenizer=tok, task="lm",
+               extra={"role": "distilled student", "mitigation": config.mitigation, "combine": metrics["combine"],
+                      "teacher": {k: v for k, v in teacher_info.items() if k in ("kind", "path", "name", "fingerprint")}})
+    teacher_path = teacher_info.get("path")
+    artifacts = {"student": "student"}
+    if teacher_path:
+        try:
+            artifacts["teacher"] = str(Path(teacher_path).resolve().relative_to(out.resolve()))
+        except ValueError:
+            artifacts["teacher"] = str(Path(teacher_path).resolve())
+    data_record = {**data.meta, "teacher": {k: v for k, v in teacher_info.items() if k != "trained_now"},
+                   "tokenizer": tok.to_dict()}
+    config_record = config.model_dump()
+    result = Result(kind="distill", config=config_record, seed=config.seed, data=data_record, metrics=metrics,
+                    rows=rows, null_reasons=reasons, artifacts=artifacts)
+    write_result(result, out / "results.json")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# summarising a sweep
+# --------------------------------------------------------------------------------------------
+
+
+def _t_interval(values: Sequence[float | None]) -> dict[str, Any]:
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        return {"n": 0, "mean": None, "ci95": None}
+    mean = float(x.mean())
+    if n < 2:
+        return {"n": 1, "mean": mean, "ci95": None}
+    half = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half]}
+
+
+def summarise_distill(root: str | Path, *, baseline: str = "none") -> dict[str, Any]:
+    """Summarise ``root/<mitigation>/seed-<s>/results.json`` (kind ``distill``).
+
+    Per mitigation: the gender disparity's mean over seeds with a 95% Student-t interval; the
+    relative change vs ``baseline`` paired by seed (``d_m(s) / d_base(s) - 1``, mean and t-interval
+    over the seeds both have; seeds where the baseline's disparity is 0 are left out) and the paired
+    difference ``d_m(s) - d_base(s)``; the relative perplexity increase (``ppl_m(s) / ppl_base(s) - 1``),
+    and the mean perplexity and KL to the teacher. Intervals are ``None`` with fewer than 2 seeds.
+    """
+    from trustnlp.results import read_result
+
+    root = Path(root)
+    runs: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for path in sorted(root.glob("*/seed-*/results.json")):
+        result = read_result(path)
+        if result.kind != "distill":
+            continue
+        runs.setdefault(path.parent.parent.name, {})[int(path.parent.name.removeprefix("seed-"))] = result.metrics
+    if not runs:
+        raise DataError(f"No distillation results under {root}/<mitigation>/seed-<s>/results.json.")
+    base = runs.get(baseline, {})
+    out: dict[str, Any] = {"baseline": baseline, "mitigations": {}}
+    for name in [m for m in MITIGATIONS if m in runs] + sorted(set(runs) - set(MITIGATIONS)):
+        seeds = runs[name]
+        paired = sorted(set(seeds) & set(base))
+
+        def ratio(key: str, s: int, _seeds: Mapping[int, Mapping[str, Any]] = seeds) -> float | None:
+            a, b = _seeds[s].get(key), base[s].get(key)
+            return a / b - 1.0 if a is not None and b not in (None, 0) else None
+
+        def diff(key: str, s: int, _seeds: Mapping[int, Mapping[str, Any]] = seeds) -> float | None:
+            a, b = _seeds[s].get(key), base[s].get(key)
+            return a - b if a is not None and b is not None else None
+
+        out["mitigations"][name] = {
+            "seeds": sorted(seeds),
+            "gender_disparity": _t_interval([m.get("gender_disparity") for m in seeds.values()]),
+            "relative_change_vs_baseline": _t_interval([ratio("gender_disparity", s) for s in paired]),
+            "difference_vs_baseline": _t_interval([diff("gender_disparity", s) for s in paired]),
+            "perplexity": _t_interval([m.get("perplexity") for m in seeds.values()]),
+            "relative_perplexity_increase": _t_interval([ratio("perplexity", s) for s in paired]),
+            "kl_to_teacher": _t_interval([m.get("kl_to_teacher") for m in seeds.values()]),
+            "teacher_gender_disparity": next((m.get("teacher_gender_disparity") for m in seeds.values()), None),
+        }
+    return out
