@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Canary extraction study on CLINC150 (CNN, digits, r = 1/10/100, epsilon 1/8/inf), then the report.
+# Canary extraction study on CLINC150 (CNN, digits, r = 1/10/100, epsilon 8/inf), then the report.
 # usage: examples/extraction/run_clinc150.sh [OUT] [CONFIG] [extra `trustnlp extract` options...]
 #   e.g. words instead of digits: examples/extraction/run_clinc150.sh runs/extract-words \
 #          examples/extraction/clinc150-cnn-digits.yaml --secret words

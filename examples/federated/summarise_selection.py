@@ -30,19 +30,10 @@ from scipy import stats
 from trustnlp.report.plots import figure_png, figure_svg, make_figure, style
 from trustnlp.results import read_result
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summarise import interval  # noqa: E402  (the alpha sweep's 95% t-interval, one definition)
+
 LOWER_BETTER = {"perplexity"}
-
-
-def interval(values: list[float]) -> dict[str, Any]:
-    """Mean, sample std and the 95% Student-t interval (``None`` for a single value)."""
-    x = np.asarray(values, float)
-    n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    if n < 2:
-        return {"n": n, "mean": mean, "std": None, "ci95": None, "values": x.tolist()}
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if sd > 0 else 0.0
-    return {"n": n, "mean": mean, "std": sd, "ci95": [mean - half, mean + half], "values": x.tolist()}
 
 
 def _metric(task: str) -> str:

@@ -42,6 +42,16 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, float]] = {
 _ALGORITHM_OPTIONS = ("server_lr", "server_momentum", "mu", "beta1", "beta2", "tau")
 
 
+def _checked_spec(value: str, parse: Any, field: str) -> str:
+    """``value`` normalised, after ``parse`` accepted it (its ``ConfigError`` becomes pydantic's ``ValueError``,
+    without the "Expected `field` to be" prefix that pydantic's message already implies)."""
+    try:
+        parse(value)
+    except ConfigError as e:
+        raise ValueError(str(e).removeprefix(f"Expected `{field}` to be ").split(", but got")[0]) from None
+    return value.strip().lower()
+
+
 class FederatedConfig(DataConfig):
     """Everything one federated run needs.
 
@@ -169,22 +179,14 @@ class FederatedConfig(DataConfig):
     def _robust_spec(cls, v: str) -> str:
         from trustnlp.federated.robust import parse_robust_spec
 
-        try:
-            parse_robust_spec(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-        return v.strip().lower()
+        return _checked_spec(v, parse_robust_spec, "robust")
 
     @field_validator("fault")
     @classmethod
     def _fault_spec(cls, v: str) -> str:
         from trustnlp.federated.robust import parse_fault_spec
 
-        try:
-            parse_fault_spec(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-        return v.strip().lower()
+        return _checked_spec(v, parse_fault_spec, "fault")
 
     @model_validator(mode="after")
     def _sound_combinations(self) -> FederatedConfig:
@@ -231,11 +233,7 @@ class FederatedConfig(DataConfig):
     def _selection_spec(cls, v: str) -> str:
         from trustnlp.federated.selection import parse_selection_spec
 
-        try:
-            parse_selection_spec(v)
-        except ConfigError as e:
-            raise ValueError(str(e).removeprefix("Expected `selection` to be ").split(", but got")[0]) from None
-        return v.strip().lower()
+        return _checked_spec(v, parse_selection_spec, "selection")
 
     @model_validator(mode="after")
     def _selection_and_setting(self) -> FederatedConfig:
@@ -261,11 +259,7 @@ class FederatedConfig(DataConfig):
     def _partition_spec(cls, v: str) -> str:
         from trustnlp.data.partition import parse_partition_spec
 
-        try:
-            parse_partition_spec(v)
-        except ConfigError as e:
-            raise ValueError(str(e).removeprefix("Expected `partition` to be ").split(", but got")[0]) from None
-        return v.strip().lower()
+        return _checked_spec(v, parse_partition_spec, "partition")
 
     @model_validator(mode="after")
     def _options_for_algorithm(self) -> FederatedConfig:

@@ -176,11 +176,8 @@ def build_workload(config: FederatedConfig) -> Workload:
     order and with the same seeds as ``run_federated`` (so every process builds identical ones)."""
     import torch
 
-    from trustnlp.data.partition import partition_dataset
     from trustnlp.federated.engine import local_training
-    from trustnlp.federated.study import DEFAULT_NUM_CLIENTS, build_federated_model, client_offsets, make_clients
-    from trustnlp.pipeline import MAX_LENGTH_CAP, load_splits, make_tokenizer
-    from trustnlp.tasks import make_task
+    from trustnlp.federated.study import build_federated_model, client_offsets, prepare_population
 
     if config.setting != "static":
         raise ConfigError(expected("setting", "'static' (the continual data setting is not bridged to Flower)",
@@ -188,19 +185,9 @@ def build_workload(config: FederatedConfig) -> Workload:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    splits = load_splits(config, seed=config.seed)
-    train = splits.train
-    tokenizer = make_tokenizer(config.tokenizer, splits, model=config.resolved_model())
-    task = make_task(config.task, num_labels=train.num_labels, tag_names=train.tag_names)
-    max_length = config.max_length or min(MAX_LENGTH_CAP, task.longest(train, tokenizer))
-    train_enc = task.encode(train, tokenizer, max_length=max_length)
-    test_enc = task.encode(splits.test, tokenizer, max_length=max_length)
-    num_clients = config.num_clients if config.num_clients is not None or config.partition == "user" else DEFAULT_NUM_CLIENTS
-    partition = partition_dataset(train, config.partition, num_clients=num_clients, seed=config.seed,
-                                  user_column=config.user_column)
-    clients = make_clients(train_enc, partition, holdout=config.holdout, seed=config.seed, availability=1.0)
-    if config.clients_per_round > len(clients):
-        raise ConfigError(expected("clients_per_round", f"<= the number of clients ({len(clients)})", config.clients_per_round))
+    prep = prepare_population(config)
+    splits, train, tokenizer, max_length = prep.splits, prep.splits.train, prep.tokenizer, prep.max_length
+    task, test_enc, partition, clients = prep.task, prep.test, prep.partition, prep.clients
     model = build_federated_model(config, tokenizer, num_labels=train.num_labels, num_tags=len(train.tag_names))
     return Workload(config=config, task=task, clients=clients, test=test_enc, model=model,
                     local=local_training(config, model), tokenizer=tokenizer, label_names=tuple(train.label_names),

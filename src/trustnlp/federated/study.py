@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,23 +168,26 @@ def future_summary(rows: Any) -> dict[str, float]:
     return out
 
 
-def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = True, stop_after_rounds: int | None = None,
-                  embed: EmbedFn | None = None, embeddings: np.ndarray | None = None) -> Result:
-    """Run the federated study ``config`` describes and write its results under ``out`` (see the module docs).
+@dataclass(frozen=True)
+class Population:
+    """What a federated run builds from its config before training: splits, tokenizer, task, the fixed input
+    length, the encoded test set, the partition and the clients."""
 
-    Args:
-        config: data, task, model, algorithm, partition, clients, local training, rounds, seed.
-        out: output directory.
-        progress: show progress bars.
-        stop_after_rounds: stop early (after checkpointing), for tests of resuming.
-        embed / embeddings: sentence embeddings for ``cluster:K`` (default: MiniLM).
-    """
-    from trustnlp.models.io import save_model
+    splits: Any
+    tokenizer: Any
+    task: Any
+    max_length: int
+    test: EncodedData
+    partition: Partition
+    clients: list[Client]
+
+
+def prepare_population(config: FederatedConfig, *, embed: EmbedFn | None = None,
+                       embeddings: np.ndarray | None = None) -> Population:
+    """Load, tokenise, encode and partition the data of ``config`` into clients (shared by :func:`run_federated`
+    and the Flower bridge, so every process builds identical clients)."""
     from trustnlp.pipeline import MAX_LENGTH_CAP, load_splits, make_tokenizer
 
-    out = Path(out)
-    torch.manual_seed(config.seed)
-    t_load = time.perf_counter()
     splits = load_splits(config, seed=config.seed)
     train = splits.train
     tokenizer = make_tokenizer(config.tokenizer, splits, model=config.resolved_model())
@@ -197,6 +201,28 @@ def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = 
     clients = make_clients(train_enc, partition, holdout=config.holdout, seed=config.seed, availability=1.0)
     if config.clients_per_round > len(clients):
         raise ConfigError(expected("clients_per_round", f"<= the number of clients ({len(clients)})", config.clients_per_round))
+    return Population(splits, tokenizer, task, max_length, test_enc, partition, clients)
+
+
+def run_federated(config: FederatedConfig, out: str | Path, *, progress: bool = True, stop_after_rounds: int | None = None,
+                  embed: EmbedFn | None = None, embeddings: np.ndarray | None = None) -> Result:
+    """Run the federated study ``config`` describes and write its results under ``out`` (see the module docs).
+
+    Args:
+        config: data, task, model, algorithm, partition, clients, local training, rounds, seed.
+        out: output directory.
+        progress: show progress bars.
+        stop_after_rounds: stop early (after checkpointing), for tests of resuming.
+        embed / embeddings: sentence embeddings for ``cluster:K`` (default: MiniLM).
+    """
+    from trustnlp.models.io import save_model
+
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    t_load = time.perf_counter()
+    prep = prepare_population(config, embed=embed, embeddings=embeddings)
+    splits, train, tokenizer, task, max_length = prep.splits, prep.splits.train, prep.tokenizer, prep.task, prep.max_length
+    test_enc, partition, clients = prep.test, prep.partition, prep.clients
     schedule, arrival = make_schedule(config, train, client_train_indices(partition, holdout=config.holdout, seed=config.seed))
     selector = make_selector(config.selection, num=config.clients_per_round, num_clients=len(clients), seed=config.seed,
                              offsets=client_offsets(train, partition), rounds_per_day=config.rounds_per_day)
