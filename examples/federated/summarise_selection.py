@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 from scipy import stats
 
-from trustnlp.report.plots import figure_png, figure_svg, make_figure, style
+from trustnlp.report.plots import figure_png, figure_svg, style
 from trustnlp.results import read_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,7 +109,12 @@ def _markdown(table: list[dict[str, Any]]) -> str:
 def _figure(out: Path, runs: dict[tuple[str, str, str], dict[int, Any]]) -> None:
     panels = sorted({(study, setting) for study, setting, _ in runs})
     with style():
-        fig, axes = make_figure(len(panels))
+        ncols = min(3, len(panels))
+        nrows = -(-len(panels) // ncols)
+        fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), dpi=100, layout="constrained")
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
         for ax, (study, setting) in zip(axes, panels):
             metric = _metric(study.rsplit("-", 1)[-1])
             for j, sel in enumerate(sorted(s for st, se, s in runs if (st, se) == (study, setting))):
