@@ -4,8 +4,8 @@ Usage:
     python examples/federated/summarise_robust_dp.py OUT
 
 Writes ``OUT/summary.md`` and ``OUT/summary.json``. Robust part: the final central test accuracy (mean over seeds)
-of each aggregation rule under each fault, its difference to the same rule without faults and to plain FedAvg
-without faults, the updates rejected by validation, and whether every parameter stayed finite. DP part: accuracy,
+of each aggregation rule under each fault, its difference (paired by seed) to the same rule without faults and to
+plain FedAvg without faults, the updates rejected by validation, and whether every parameter stayed finite. DP part: accuracy,
 epsilon (client level, at delta), noise multiplier and the final (adaptive) clip norm per epsilon.
 """
 
@@ -31,15 +31,22 @@ def summarise(out: Path) -> dict[str, Any]:
     for p in sorted(out.glob("robust/*/*/seed-*/results.json")):
         robust.setdefault((p.parent.parent.parent.name, p.parent.parent.name), []).append(read_result(p))
     rows = []
-    clean = {rule: _mean([r.metrics["test_accuracy"] for r in rs]) for (fault, rule), rs in robust.items() if fault == "none"}
+
+    def by_seed(rs: list[Any]) -> dict[int, float]:
+        return {int(r.seed): float(r.metrics["test_accuracy"]) for r in rs}
+
+    clean = {rule: by_seed(rs) for (fault, rule), rs in robust.items() if fault == "none"}
     for (fault, rule), rs in sorted(robust.items()):
-        acc = _mean([r.metrics["test_accuracy"] for r in rs])
-        rows.append({"fault": fault, "rule": rule, "accuracy": acc, "seeds": len(rs),
-                     "vs_same_rule_fault_free": acc - clean.get(rule, math.nan),
-                     "vs_fedavg_fault_free": acc - clean.get("mean", math.nan),
+        acc = by_seed(rs)
+        same = clean.get(rule, {})
+        fedavg = clean.get("mean", {})
+        rows.append({"fault": fault, "rule": rule, "accuracy": _mean(list(acc.values())), "seeds": sorted(acc),
+                     # differences paired by seed (same partition, initialisation and faulty clients)
+                     "vs_same_rule_fault_free": _mean([acc[s] - same[s] for s in acc if s in same]),
+                     "vs_fedavg_fault_free": _mean([acc[s] - fedavg[s] for s in acc if s in fedavg]),
                      "rejected_updates": int(sum(r.metrics.get("rejected_updates", 0) for r in rs)),
                      "finite_model": all(isinstance(r.metrics.get("test_loss"), (int, float))
-                                            and math.isfinite(r.metrics["test_loss"]) for r in rs)})
+                                         and math.isfinite(r.metrics["test_loss"]) for r in rs)})
     dp = []
     for p in sorted(out.glob("dp/eps-*/seed-*/results.json")):
         r = read_result(p)
@@ -52,9 +59,9 @@ def summarise(out: Path) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     lines = ["# Robust aggregation and client-level DP", ""]
     if rows:
-        lines += ["| fault (20% of clients) | rule | test accuracy | vs same rule, no faults | vs FedAvg, no faults | "
-                  "rejected updates | model finite |", "|---|---|---:|---:|---:|---:|---|"]
-        lines += [f"| {r['fault']} | {r['rule']} | {r['accuracy']:.3f} | {r['vs_same_rule_fault_free']:+.3f} | "
+        lines += ["| fault (20% of clients) | rule | seeds | test accuracy | vs same rule, no faults | vs FedAvg, no faults | "
+                  "rejected updates | model finite |", "|---|---|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {r['fault']} | {r['rule']} | {len(r['seeds'])} | {r['accuracy']:.3f} | {r['vs_same_rule_fault_free']:+.3f} | "
                   f"{r['vs_fedavg_fault_free']:+.3f} | {r['rejected_updates']} | {r['finite_model']} |" for r in rows]
         lines.append("")
     if dp:
