@@ -117,3 +117,22 @@ def test_privacy_utility_overview_across_train_results() -> None:
     np.testing.assert_array_equal(lines["bag"].get_xdata(), [1.0, 8.0])
     np.testing.assert_array_equal(lines["minilm (frozen)"].get_ydata(), [0.7, 0.75])
     assert plots.plot_privacy_utility([run("bag", None, 0.9)]) is None  # nothing private: no trade-off to show
+
+
+def test_extraction_plotter_draws_rate_and_token_accuracy_against_repetitions() -> None:
+    def row(r: int, eps: float | None, rate: float, tok: float) -> dict:
+        return {"model": "cnn", "repetitions": r, "epsilon": eps, "extraction_rate": rate,
+                "extraction_interval": [max(rate - 0.05, 0.0), min(rate + 0.05, 1.0)], "token_accuracy": tok,
+                "chance": 1e-4, "token_chance": 0.1, "defence": "none"}
+
+    rows = [row(1, 8.0, 0.0, 0.1), row(10, 8.0, 0.01, 0.14), row(1, None, 0.0, 0.2), row(10, None, 0.93, 0.95)]
+    result = Result(kind="extract", config={}, seed=0, data={}, rows=tuple(rows), metrics={"secret": "digits"})
+    (p,) = plots.get_plotter("extract")(result)
+    left, right = p.figure.axes
+    bars = {c.get_label(): c for c in left.containers}  # errorbar containers: (line, caps, bars)
+    np.testing.assert_array_equal(bars["cnn, non-private"].lines[0].get_ydata(), [0.0, 0.93])
+    np.testing.assert_array_equal(bars["cnn, eps 8"].lines[0].get_xdata(), [1, 10])
+    lines = {ln.get_label(): ln for ln in right.get_lines()}
+    np.testing.assert_array_equal(lines["cnn, non-private"].get_ydata(), [0.2, 0.95])
+    assert "cnn, non-private: r=1 -> 0.00, r=10 -> 0.93" in p.alt
+    assert left.get_xscale() == "log" and right.get_ylabel() == "token accuracy"

@@ -304,6 +304,55 @@ def plot_audit(result: Result) -> list[Plot]:
     return out
 
 
+# -- canary extraction (kind ``extract``) -----------------------------------------------------------------
+def _eps_name(eps: Any) -> str:
+    v = _number(eps)
+    return "non-private" if v is None else f"eps {v:g}"
+
+
+@register_plotter("extract")
+def plot_extract(result: Result) -> list[Plot]:
+    """Canary extraction against repetitions, one line per (model, epsilon, defence): the exact extraction
+    rate with its interval (left) and the token accuracy against its chance level (right)."""
+    rows = [r for r in result.rows if isinstance(r, Mapping) and _number(r.get("repetitions")) is not None]
+    if not rows:
+        return []
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        label = f"{r.get('model', '?')}, {_eps_name(r.get('epsilon'))}"
+        if r.get("defence") not in (None, "none"):
+            label += f", {r['defence']}"
+        groups.setdefault(label, []).append(r)
+    fig, (left, right) = make_figure(2)
+    desc = []
+    for j, (label, rs) in enumerate(sorted(groups.items())):
+        rs = sorted(rs, key=lambda r: float(r["repetitions"]))
+        xs = [float(r["repetitions"]) for r in rs]
+        ys = [_number(r.get("extraction_rate")) or 0.0 for r in rs]
+        lo = [y - (_number((r.get("extraction_interval") or [y, y])[0]) or y) for r, y in zip(rs, ys)]
+        hi = [(_number((r.get("extraction_interval") or [y, y])[1]) or y) - y for r, y in zip(rs, ys)]
+        left.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, linewidth=1.5, color=f"C{j}", label=label)
+        right.plot(xs, [_number(r.get("token_accuracy")) or 0.0 for r in rs], marker="o", color=f"C{j}", label=label)
+        desc.append(f"{label}: " + ", ".join(f"r={x:g} -> {y:.2f}" for x, y in zip(xs, ys)))
+    chance = _number(rows[0].get("chance"))
+    token_chance = _number(rows[0].get("token_chance"))
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("repetitions r of each canary")
+    if chance is not None:
+        left.axhline(chance, color="grey", linestyle=":", linewidth=1.0, label="chance")
+    if token_chance is not None:
+        right.axhline(token_chance, color="grey", linestyle=":", linewidth=1.0, label="chance")
+    left.set_ylabel("exact extraction rate")
+    right.set_ylabel("token accuracy")
+    left.legend(fontsize=7, loc="best")
+    secret = result.metrics.get("secret", "?")
+    return [Plot("extraction", fig, alt=f"Canary extraction ({secret}) against repetitions: " + "; ".join(desc) + ".",
+                 caption="Exact extraction rate (95% interval) and token accuracy of the white-box inversion attack "
+                         "against the number of copies of each canary, per model and epsilon; dotted: chance. "
+                         "A secret repeated r times is protected only at group level (r x epsilon).")]
+
+
 # -- federated learning (kind ``federate``) --------------------------------------------------------------
 #: The folder of the results file being plotted, so a plotter can read the run's artifacts (paths in
 #: ``Result.artifacts`` are relative to it). Set it with :func:`result_dir` around the plotter call.
