@@ -570,11 +570,18 @@ def demo(
     out: OutOpt = Path("runs/demo"),
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    full: Annotated[bool, typer.Option("--full", help="The studies' larger settings (more shadows, canaries, "
+                                       "rounds, epochs; longer budgets).")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file: a list of stage names, or of "
+                                                "{name, options, budget} to override a stage's options.")] = None,
+    corpus_size: CorpusSizeOpt = None,
 ) -> None:
-    """The main job on the built-in assistant corpus: train, evaluate, report."""
-    from trustnlp.demo import run_demo
+    """The main job on the built-in assistant corpus: train (private and not), audit, extract, federate,
+    fairness and CDA, each stage with a time budget; one summary table and one report."""
+    from trustnlp.demo import load_demo_config, run_demo
 
-    run_demo(out, seed=seed, progress=not quiet, console=console)
+    stages = load_demo_config(config, full=full) if config is not None else None
+    run_demo(out, seed=seed, progress=not quiet, console=console, corpus_size=corpus_size, stages=stages, full=full)
 
 
 def main(argv: list[str] | None = None) -> None:
