@@ -220,9 +220,7 @@ class FederatedConfig(DataConfig):
         if self.setting != "static":
             raise ValueError("client-level DP needs the static setting: in the continual one whether a device holds "
                              "data (and so whether it can be sampled) depends on its private data")
-        if self.selection.startswith("activity") and self.accountant == "pld":
-            pass
-        elif self.accountant == "pld":
+        if self.accountant == "pld" and not self.selection.startswith("activity"):
             raise ValueError("uniform (fixed-size) client sampling is accounted with the RDP accountant only "
                              "(dp-accounting has no without-replacement PLD event); use accountant: rdp or "
                              "selection: activity:0 (Poisson)")
