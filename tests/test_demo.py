@@ -51,6 +51,14 @@ def test_demo_runs_every_pillar_and_reports(tmp_path, one_thread):
     fair = read_result(tmp_path / "fairness" / "results.json")
     assert fair.rows and {r["source"] for r in fair.rows} == {"trustnlp/fairness/resources/association_tests.json"}
     assert "group_metrics" in fair.metrics["extrinsic"]
+    # DP's disparate impact: the non-private model and both DP models, per-gender accuracy on the same test split
+    dpi = fair.metrics["dp_disparate_impact"]
+    assert [(r["stage"], r["epsilon"]) for r in dpi] == [("bag", None), ("bag-dp-eps8", 8.0), ("bag-dp-eps1", 1.0)]
+    for r in dpi:
+        accs = [a for a in r["accuracy_by_group"].values() if a is not None]
+        assert r["accuracy_gap"] == pytest.approx(max(accs) - min(accs), rel=1e-10)
+        assert sum(r["counts"].values()) == fair.metrics["extrinsic"]["n_test"]
+    assert "dp-disparate-impact" in (tmp_path / "report.html").read_text()
     cda = read_result(tmp_path / "cda" / "results.json")
     added = cda.metrics["n_after"] - cda.metrics["n_before"]
     headline = next(s["headline"] for s in stages["stages"] if s["stage"] == "cda")

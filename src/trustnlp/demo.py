@@ -25,6 +25,7 @@ shrinks every stage further (:func:`_shrink`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -67,7 +68,7 @@ DEMO_STAGES: tuple[Stage, ...] = (
     Stage("federate-uniform", "federate", {**_FED, "selection": "uniform"}, 60.0),
     Stage("federate-activity", "federate", {**_FED, "selection": "activity:1"}, 60.0),
     Stage("fairness", "fairness", {"model_stage": "bag", "tests": ["weat", "seat"], "n_permutations": 2000,
-                                   "n_bootstrap": 200}, 60.0),
+                                   "n_bootstrap": 200, "dp_stages": ["bag-dp-eps8", "bag-dp-eps1"]}, 60.0),
     Stage("cda", "cda", {"mode": "two-sided", "train": {"model": "bag", "epochs": 1}}, 60.0),
 )
 """The default stages (the first four are the original train stages)."""
@@ -197,7 +198,7 @@ def _run_fairness(stage: Stage, ctx: _Ctx) -> _Outcome:
     from trustnlp.fairness.association_tests import builtin_tests
     from trustnlp.fairness.study import run_fairness
 
-    opts = {k: v for k, v in stage.options.items() if k not in ("model", "model_stage")}
+    opts = {k: v for k, v in stage.options.items() if k not in ("model", "model_stage", "dp_stages")}
     tests = list(opts.pop("tests", ["weat", "seat"]))
     # the project's own tests only (never ../shared): their names, and no SEAT folder
     names = opts.pop("names", None) or list(builtin_tests())
@@ -210,8 +211,47 @@ def _run_fairness(stage: Stage, ctx: _Ctx) -> _Outcome:
     ex = res.metrics.get("extrinsic") or {}
     gap = (ex.get("group_metrics") or {}).get("difference", {}).get("accuracy")
     weat = res.metrics.get("weat_mean_abs_effect_size")
-    return _Outcome(res, f"accuracy gap by {ex.get('protected', '?')} {_fmt(gap)}, mean |WEAT d| {_fmt(weat, '.2f')}",
-                    {"accuracy_gap": gap, "protected": ex.get("protected"), "weat_mean_abs_effect_size": weat})
+    dp_rows = _dp_disparate_impact(stage, ctx, data, int(opts.get("n_bootstrap", 200)))
+    if dp_rows:
+        res = _with_dp_rows(res, dp_rows, ctx.out / stage.name / "results.json")
+    gaps = ", ".join(f"ε {_eps(r['epsilon'])} {_fmt(r['accuracy_gap'])}" for r in dp_rows)
+    return _Outcome(res, f"accuracy gap by {ex.get('protected', '?')} {_fmt(gap)}, mean |WEAT d| {_fmt(weat, '.2f')}"
+                    + (f"; gender accuracy gap {gaps}" if gaps else ""),
+                    {"accuracy_gap": gap, "protected": ex.get("protected"), "weat_mean_abs_effect_size": weat,
+                     "dp_accuracy_gap": {_eps(r["epsilon"]): r["accuracy_gap"] for r in dp_rows}})
+
+
+def _dp_disparate_impact(stage: Stage, ctx: _Ctx, data: Any, n_bootstrap: int) -> list[dict[str, Any]]:
+    """DP's disparate impact (Bagdasaryan et al. 2019): per-gender test accuracy of the non-private model
+    and of the DP models of the earlier train stages named in ``dp_stages`` (those not run are left out)."""
+    from trustnlp.fairness.graded_study import disparate_impact_row
+    from trustnlp.results import read_result
+
+    names = [str(stage.options.get("model_stage", "bag")), *stage.options.get("dp_stages", ())]
+    rows = []
+    for name in dict.fromkeys(names):
+        folder = ctx.done.get(name)
+        if folder is None or not (folder / "model" / "model.json").is_file():
+            continue
+        m = read_result(folder / "results.json").metrics
+        target = m.get("target_epsilon", m.get("epsilon")) if m.get("private") else None
+        rows.append({"stage": name, **disparate_impact_row(
+            folder / "model", data, epsilon=target, seed=ctx.seed, n_bootstrap=n_bootstrap,
+            test_accuracy=m.get("test_accuracy"), achieved_epsilon=m.get("epsilon") if m.get("private") else None)})
+    return rows
+
+
+def _with_dp_rows(res: Result, rows: list[dict[str, Any]], path: Path) -> Result:
+    from trustnlp.results import write_result
+
+    reasons = dict(res.null_reasons)
+    for i, r in enumerate(rows):
+        if r["epsilon"] is None:
+            reasons[f"metrics.dp_disparate_impact[{i}].epsilon"] = "non-private model (epsilon is infinite)"
+            reasons[f"metrics.dp_disparate_impact[{i}].achieved_epsilon"] = "non-private model"
+    res = dataclasses.replace(res, metrics={**res.metrics, "dp_disparate_impact": rows}, null_reasons=reasons)
+    write_result(res, path)
+    return res
 
 
 def _run_cda(stage: Stage, ctx: _Ctx) -> _Outcome:

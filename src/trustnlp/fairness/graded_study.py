@@ -212,12 +212,43 @@ def correlate(xs: Sequence[float | None], ys: Sequence[float | None]) -> dict[st
             "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue)}
 
 
+def disparate_impact_row(model_dir: str | Path, data: Any, *, epsilon: float | None, seed: int = 0,
+                         n_bootstrap: int = 200, test_accuracy: float | None = None,
+                         achieved_epsilon: float | None = None) -> dict[str, Any]:
+    """Per-gender test accuracy of one saved classifier (one row of ``dp_disparate_impact``).
+
+    Bagdasaryan, Poursaeed & Shmatikov (NeurIPS 2019): DP-SGD costs under-represented groups more accuracy.
+    ``data`` is a :class:`~trustnlp.config.DataConfig` whose test split has a ``gender`` column; ``epsilon``
+    the target budget of the run (``None`` = non-private). The row holds the accuracy per group with
+    percentile bootstrap intervals (resampled within groups), the group counts and the largest
+    difference between groups (fairlearn's ``difference``).
+    """
+    from trustnlp.fairness.extrinsic import group_metrics
+    from trustnlp.models.io import load_model
+    from trustnlp.pipeline import load_splits
+
+    saved = load_model(Path(model_dir))
+    test = load_splits(data, seed=seed).test
+    if "gender" not in test.columns:
+        raise ConfigError(expected("data", "a data set whose test split has a `gender` column",
+                                          str(getattr(data, "data", data))))
+    probs = _predict_proba(saved.model.eval(), saved.tokenizer, int(saved.extra["max_length"]), list(test.texts))
+    gender = np.asarray([str(v) for v in test.column("gender")])
+    gm = group_metrics(np.asarray(test.labels), probs.argmax(1), sensitive_features=gender,
+                       metrics=("accuracy",), n_bootstrap=n_bootstrap, seed=seed)
+    iv = gm.intervals.get("accuracy", {})
+    return {"epsilon": epsilon, "private": epsilon is not None,
+            "achieved_epsilon": achieved_epsilon, "test_accuracy": test_accuracy,
+            "accuracy_by_group": dict((g, v.get("accuracy")) for g, v in gm.by_group.items()),
+            "accuracy_interval_by_group": {g: (list(iv[f"group:{g}"]) if iv.get(f"group:{g}") is not None
+                                               else None) for g in gm.groups},
+            "counts": dict(gm.counts), "accuracy_gap": gm.difference.get("accuracy")}
+
+
 def _dp_disparate_impact(epsilons: Sequence[float], *, arch: str, n_utterances: int, epochs: int, batch_size: int,
                          lr: float, n_bootstrap: int, seed: int, out: Path) -> list[dict[str, Any]]:
     from trustnlp.config import TrainConfig
-    from trustnlp.fairness.extrinsic import group_metrics
-    from trustnlp.models.io import load_model
-    from trustnlp.pipeline import load_splits, run_train
+    from trustnlp.pipeline import run_train
 
     rows = []
     for eps in epsilons:
@@ -226,19 +257,9 @@ def _dp_disparate_impact(epsilons: Sequence[float], *, arch: str, n_utterances: 
                           lr=lr, seed=seed, device="cpu", eval_every=0, dp=private, epsilon=eps if private else None)
         run_dir = out / f"dp-eps-{eps:g}"
         res = run_train(cfg, run_dir, progress=False)
-        saved = load_model(run_dir / "model")
-        test = load_splits(cfg, seed=seed).test
-        probs = _predict_proba(saved.model.eval(), saved.tokenizer, int(saved.extra["max_length"]), list(test.texts))
-        gender = np.asarray([str(v) for v in test.column("gender")])
-        gm = group_metrics(np.asarray(test.labels), probs.argmax(1), sensitive_features=gender,
-                           metrics=("accuracy",), n_bootstrap=n_bootstrap, seed=seed)
-        iv = gm.intervals.get("accuracy", {})
-        rows.append({"epsilon": eps if private else None, "private": private,
-                     "achieved_epsilon": res.metrics.get("epsilon"), "test_accuracy": res.metrics.get("test_accuracy"),
-                     "accuracy_by_group": dict((g, v.get("accuracy")) for g, v in gm.by_group.items()),
-                     "accuracy_interval_by_group": {g: (list(iv[f"group:{g}"]) if iv.get(f"group:{g}") is not None
-                                                        else None) for g in gm.groups},
-                     "counts": dict(gm.counts), "accuracy_gap": gm.difference.get("accuracy")})
+        rows.append(disparate_impact_row(run_dir / "model", cfg, epsilon=eps if private else None, seed=seed,
+                                         n_bootstrap=n_bootstrap, test_accuracy=res.metrics.get("test_accuracy"),
+                                         achieved_epsilon=res.metrics.get("epsilon")))
     return rows
 
 

@@ -523,6 +523,34 @@ def _p_label(p: Any) -> str:
     return "" if v is None else (f"p={v:.2g}" if v >= 1e-4 else "p<1e-4")
 
 
+def _plot_dp_disparate(result: Result) -> Plot | None:
+    """Per-group test accuracy by privacy budget (``metrics.dp_disparate_impact``; Bagdasaryan et al. 2019)."""
+    dp = [r for r in result.metrics.get("dp_disparate_impact", []) if isinstance(r, Mapping)]
+    if not dp:
+        return None
+    fig, (ax,) = make_figure()
+    labels = [_eps_label(r) for r in dp]
+    groups = list(dict.fromkeys(g for r in dp for g in (r.get("accuracy_by_group") or {})))
+    width = 0.8 / max(1, len(groups))
+    for i, g in enumerate(groups):
+        vals, errs = [], [[], []]
+        for r in dp:
+            v = _number((r.get("accuracy_by_group") or {}).get(g))
+            ci = (r.get("accuracy_interval_by_group") or {}).get(g)
+            vals.append(math.nan if v is None else v)
+            errs[0].append(v - ci[0] if ci and v is not None else 0.0)
+            errs[1].append(ci[1] - v if ci and v is not None else 0.0)
+        ax.bar([k + (i - (len(groups) - 1) / 2) * width for k in range(len(dp))], vals, width, yerr=errs,
+               capsize=2, color=f"C{i}", label=g)
+    ax.set_xticks(range(len(dp)), labels)
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="best", fontsize=7)
+    return Plot("dp-disparate-impact", fig, alt="Per-group test accuracy by privacy budget: " + "; ".join(
+        f"{lab}: " + ", ".join(f"{g} {v:.3f}" for g, v in (r.get("accuracy_by_group") or {}).items()
+                               if _number(v) is not None) for lab, r in zip(labels, dp)) + ".",
+        caption="Whiskers: percentile bootstrap intervals (resampled within groups).")
+
+
 @register_plotter("fairness")
 def plot_fairness(result: Result) -> list[Plot]:
     """Fairness study: intrinsic effect sizes per test (one axis per kind; CEAT rows with the 2.5-97.5
@@ -563,6 +591,9 @@ def plot_fairness(result: Result) -> list[Plot]:
         sens = ex.get("sensitivity")
         if isinstance(sens, Mapping) and _number(sens.get("aps")) is not None:
             out.append(_plot_aps(sens, ex.get("counterfactual")))
+    p = _plot_dp_disparate(result)
+    if p is not None:
+        out.append(p)
     return out
 
 
@@ -647,29 +678,9 @@ def plot_fairness_graded(result: Result) -> list[Plot]:
                         f"({', '.join(archs)}), and mean absolute WEAT effect size against counterfactual flip rate"
                         + (f" (Spearman {rho:+.2f}, p {corr.get('spearman_p'):.2g})." if rho is not None else "."),
                         caption="Left: line style = architecture. Right: one dot per model."))
-    dp = [r for r in result.metrics.get("dp_disparate_impact", []) if isinstance(r, Mapping)]
-    if dp:
-        fig, (ax,) = make_figure()
-        labels = [_eps_label(r) for r in dp]
-        groups = list(dict.fromkeys(g for r in dp for g in (r.get("accuracy_by_group") or {})))
-        width = 0.8 / max(1, len(groups))
-        for i, g in enumerate(groups):
-            vals, errs = [], [[], []]
-            for r in dp:
-                v = _number((r.get("accuracy_by_group") or {}).get(g))
-                ci = (r.get("accuracy_interval_by_group") or {}).get(g)
-                vals.append(math.nan if v is None else v)
-                errs[0].append(v - ci[0] if ci and v is not None else 0.0)
-                errs[1].append(ci[1] - v if ci and v is not None else 0.0)
-            ax.bar([k + (i - (len(groups) - 1) / 2) * width for k in range(len(dp))], vals, width, yerr=errs,
-                   capsize=2, color=f"C{i}", label=g)
-        ax.set_xticks(range(len(dp)), labels)
-        ax.set_ylabel("test accuracy")
-        ax.legend(loc="best", fontsize=7)
-        out.append(Plot("dp-disparate-impact", fig, alt="Per-group test accuracy by privacy budget: " + "; ".join(
-            f"{lab}: " + ", ".join(f"{g} {v:.3f}" for g, v in (r.get("accuracy_by_group") or {}).items()
-                                   if _number(v) is not None) for lab, r in zip(labels, dp)) + ".",
-            caption="Whiskers: percentile bootstrap intervals (resampled within groups)."))
+    p = _plot_dp_disparate(result)
+    if p is not None:
+        out.append(p)
     return out
 
 
