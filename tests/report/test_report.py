@@ -76,6 +76,7 @@ class Structure(HTMLParser):
         self.stack: list[str] = []
         self.errors: list[str] = []
         self.imgs: list[dict[str, str | None]] = []
+        self.links: list[dict[str, str | None]] = []
         self.tags: set[str] = set()
         self.doctype = ""
 
@@ -86,6 +87,8 @@ class Structure(HTMLParser):
         self.tags.add(tag)
         if tag == "img":
             self.imgs.append(dict(attrs))
+        if tag == "link":
+            self.links.append(dict(attrs))
         if tag not in VOID:
             self.stack.append(tag)
 
@@ -120,7 +123,9 @@ def test_render_report_end_to_end(runs: Path, tmp_path: Path):
     assert re.search(r'<html lang="en">', html) and '<meta charset="utf-8">' in html
     assert "<title>My &lt;report&gt;</title>" in html  # autoescaped
     # self-contained: no scripts, no external resources
-    assert "script" not in parser.tags and "link" not in parser.tags
+    assert "script" not in parser.tags
+    # the one <link>: an empty inline icon, so a browser does not request /favicon.ico
+    assert parser.links == [{"rel": "icon", "href": "data:,"}]
     assert not re.search(r'(src|href)="(https?:)?//', html) and "@import" not in html and "url(" not in html
     assert not re.search(r"\son[a-z]+=", html) and "javascript:" not in html
 

@@ -6,6 +6,9 @@ Example:
     >>> rep.html_path  # doctest: +SKIP
     PosixPath('runs/report/report.html')
 
+The overview's headline numbers per pillar (also in ``report.json`` under ``headlines``) come from
+:func:`headline_numbers`; :func:`headline_summary` turns them into one line per result for a terminal.
+
 Kinds add figures by registering a plotter (see :mod:`trustnlp.report.plots`)::
 
     from trustnlp.report import Plot, make_figure, register_plotter
@@ -17,18 +20,36 @@ Kinds add figures by registering a plotter (see :mod:`trustnlp.report.plots`)::
 from __future__ import annotations
 
 from trustnlp.report.plots import PLOTTERS, Plot, get_plotter, make_figure, plot_rows, register_plotter
-from trustnlp.report.render import Report, find_results, format_value, redact, render_report
+from trustnlp.report.render import (
+    DEFAULT_SECRET_FIELDS,
+    HEADLINE_TABLES,
+    Report,
+    find_results,
+    format_value,
+    headline_numbers,
+    headline_summary,
+    headline_tables,
+    redact,
+    render_report,
+    shown_result,
+)
 
 __all__ = [
+    "DEFAULT_SECRET_FIELDS",
+    "HEADLINE_TABLES",
     "PLOTTERS",
     "Plot",
     "Report",
     "find_results",
     "format_value",
     "get_plotter",
+    "headline_numbers",
+    "headline_summary",
+    "headline_tables",
     "make_figure",
     "plot_rows",
     "redact",
     "register_plotter",
     "render_report",
+    "shown_result",
 ]
