@@ -69,6 +69,11 @@ def test_demo_runs_every_pillar_and_reports(tmp_path, one_thread):
     assert retrained.metrics["num_test"] == bag.metrics["num_test"]  # ... evaluated on the original test split
     text = console.export_text()
     assert "bag-dp-eps1" in text and "federate-activity" in text and "LiRA AUC" in text and "Report:" in text
+    # the summary table reads the report's headline numbers (the same results files as report.html)
+    index = json.loads((tmp_path / "report.json").read_text())
+    acc = next(e for e in index["headlines"] if e["result"] == "bag-dp-eps1" and e["metric"] == "metrics.test_accuracy")
+    assert acc["value"] == read_result(tmp_path / "bag-dp-eps1" / "results.json").metrics["test_accuracy"]
+    assert f"test accuracy {acc['text']}" in " ".join(text.split())
 
 
 def test_select_stages_full_and_config_file(tmp_path):

@@ -221,6 +221,26 @@ def _run_fairness(stage: Stage, ctx: _Ctx) -> _Outcome:
                      "dp_accuracy_gap": {_eps(r["epsilon"]): r["accuracy_gap"] for r in dp_rows}})
 
 
+def _report_summary(report_json: Path) -> dict[Path, str]:
+    """Results file -> one line of its headline numbers, from the report's ``report.json`` index."""
+    import json
+
+    from trustnlp.report import headline_summary
+
+    index = json.loads(Path(report_json).read_text(encoding="utf-8"))
+    # the association tests (a dozen rows) stay in the report; at most 4 rows per result in the terminal
+    headlines = [e for e in index.get("headlines", []) if e.get("table") != "association"]
+    rows: dict[str, list[str]] = {}
+    for e in headlines:
+        rows.setdefault(e["result"], [])
+        if e["row"] not in rows[e["result"]]:
+            rows[e["result"]].append(e["row"])
+    lines = headline_summary([e for e in headlines if e["row"] in rows[e["result"]][:4]])
+    lines = {k: v + (f"; … {len(rows[k]) - 4} more rows in the report" if len(rows[k]) > 4 else "")
+             for k, v in lines.items()}
+    return {Path(r["path"]).resolve(): lines[r["name"]] for r in index.get("results", []) if r["name"] in lines}
+
+
 def _dp_disparate_impact(stage: Stage, ctx: _Ctx, data: Any, n_bootstrap: int) -> list[dict[str, Any]]:
     """DP's disparate impact (Bagdasaryan et al. 2019): per-gender test accuracy of the non-private model
     and of the DP models of the earlier train stages named in ``dp_stages`` (those not run are left out)."""
@@ -411,6 +431,7 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, console: 
     atomic_write_json(out / "stages.json", {"seed": seed, "corpus_size": corpus_size, "full": full,
                                             "total_seconds": total, "stages": timings})
     rep = render_report([out / s.name for s in stages], out, title="trustnlp demo: assistant corpus")
+    summary = _report_summary(rep.json_path)
     table = Table(title="trustnlp demo — built-in assistant corpus")
     table.add_column("stage")
     table.add_column("kind")
@@ -418,7 +439,10 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, console: 
     table.add_column("headline")
     for stage, t, o in zip(stages, timings, outcomes):
         secs = f"{t['seconds']:.1f} / {t['budget']:.0f}"
-        table.add_row(stage.name, stage.kind, f"[yellow]{secs}[/]" if t["over_budget"] else secs, o.headline)
+        # the headline as the report shows it (read back from report.json, i.e. from the same results files);
+        # the stage's own line when the report has no headline numbers for it
+        line = summary.get((out / stage.name / "results.json").resolve(), o.headline)
+        table.add_row(stage.name, stage.kind, f"[yellow]{secs}[/]" if t["over_budget"] else secs, line)
     table.caption = (f"total {total:.0f} s; ε ∞ = non-private; test = held-out templates; "
                      "AUC 0.5 = chance membership inference")
     console.print(table)
