@@ -51,6 +51,7 @@ def test_demo_runs_every_pillar_and_reports(tmp_path, one_thread):
     fair = read_result(tmp_path / "fairness" / "results.json")
     assert fair.rows and {r["source"] for r in fair.rows} == {"trustnlp/fairness/resources/association_tests.json"}
     assert "group_metrics" in fair.metrics["extrinsic"]
+    assert "seat" not in fair.data  # no SEAT file used: its licence is not claimed
     # DP's disparate impact: the non-private model and both DP models, per-gender accuracy on the same test split
     dpi = fair.metrics["dp_disparate_impact"]
     assert [(r["stage"], r["epsilon"]) for r in dpi] == [("bag", None), ("bag-dp-eps8", 8.0), ("bag-dp-eps1", 1.0)]

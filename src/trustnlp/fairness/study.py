@@ -170,11 +170,12 @@ def run_fairness(
         enc = load_encoder(model, pooling=pooling, word_pooling=word_pooling)
     if enc is not None:
         word, sent = select_tests(names, seat_dir=seat_dir)
-        folder = Path(seat_dir) if seat_dir else find_seat_dir()
-        if folder is not None:
+        # the SEAT files' provenance and licence only when one of their tests was used
+        run = (word if "weat" in tests or "ceat" in tests else []) + (sent if "seat" in tests else [])
+        used = sorted({t.source for t in run if t.source.endswith(".jsonl")})
+        if used:
             from trustnlp.data.dataset import DataMeta
 
-            used = sorted({t.source for t in word + sent if t.source.endswith(".jsonl")})
             data_meta["seat"] = DataMeta.for_files("seat", used, source="https://github.com/W4ngatang/sent-bias",
                                                    licence="CC-BY-NC-4.0").to_dict()
         if "weat" in tests:
