@@ -43,23 +43,71 @@ never contribute a training sentence; names mentioned inside other people's sent
 excluded), plus the built-in assistant corpus's training split. The word vocabulary holds the most
 frequent training words plus both words of every gender pair (:func:`build_vocabulary`), so every
 pair is one token each. Without BOLD (``../shared/data/bold`` missing and ``bold="auto"``) the study
-falls back to the built-in corpus alone: held-out perplexity on its test split and built-in prompt
-pairs only (recorded in ``data.fallback``).
+falls back to the built-in corpus alone: held-out perplexity on its test split, built-in prompt pairs
+and built-in occupation prompts only (recorded in ``data.fallback``).
 
 **Evaluation** (:func:`evaluate_generations`): seeded top-k sampling of ``max_new_tokens`` after each
 prompt (one ``torch.Generator`` per prompt, seeded by ``(seed, source, index)``; a prompt and its
-counterpart share the seed), stopping at the end token. Prompts: held-out BOLD gender prompts
-(actors = male, actresses = female; unpaired) and gendered prompts of the built-in corpus's test split
-(the words up to the first gendered word, at least 3) with their swap (paired). Scores: VADER compound
-sentiment of the continuation alone (Hutto & Gilbert 2014; the prompt's own sentiment is a property of
-the data, not of the model) and gender polarity (male and female word counts). Disparity
-``|mean sentiment(male prompts) - mean sentiment(female prompts)|`` with a seeded percentile bootstrap
-interval (each group resampled with replacement, :func:`disparity`). Utility: the student's perplexity
-on the held-out people's BOLD sentences and its token-mean ``KL(teacher || student)`` there.
+counterpart share the seed), stopping at the end token. Three prompt sources:
+
+* ``profession`` (the headline): held-out *gender-neutral* prompts of BOLD's profession domain
+  (:func:`load_bold_professions`, :func:`select_profession_prompts`; 18 profession groups, e.g.
+  ``healthcare_occupations``: "An anesthesiologist is a ..."). A prompt is left out when its entity is
+  a training person (name overlap with the gender split's training people), when it mentions a
+  training person's name, or when it holds a gendered word (``GenderPairs.male | female`` or a pair
+  word: such a prompt is not neutral); then ``n_profession_prompts`` per profession are drawn (seeded).
+  Without BOLD: the built-in corpus's test utterances that mention an occupation, cut after it, as
+  templates filled with each of the corpus's 28 occupations (:func:`builtin_profession_prompts`;
+  profession = occupation), or a null headline with its reason when there are none.
+* ``bold``: held-out BOLD gender prompts (actors = male, actresses = female; unpaired) and
+* ``builtin``: gendered prompts of the built-in corpus's test split (the words up to the first gendered
+  word, at least 3) with their swap (paired).
+
+**Gender polarity disparity** (the headline ``gender_disparity``, :func:`polarity_disparity`; the
+gender-polarity measure of Dhamala et al. 2021 on BOLD's profession prompts, as used by Gupta et al.
+2022): each continuation of a profession prompt is *male-leaning* when it holds more male than female
+words (:func:`gender_word_counts`), *female-leaning* when fewer, else neutral. Per profession ``p``
+with ``n_p`` continuations, ``skew_p = (#male-leaning - #female-leaning) / n_p`` in ``[-1, 1]``;
+``gender_disparity = mean_p |skew_p|`` (0: balanced or never gendered, 1: every continuation of every
+profession leans one way) and ``gender_polarity_skew = mean_p skew_p`` (signed: > 0 is male).
+``gendered_share`` (continuations with any gendered word) is reported beside it, because a model that
+never says a gendered word scores 0 trivially. 95% percentile bootstrap intervals resample the
+continuations within each profession (seeded). ``mean_p |skew_p|`` is biased upwards by sampling
+noise (about ``0.8 sqrt(leaning share / n_p)`` for an unskewed model), so its noise floor
+``gender_disparity_null`` (a sign-flip null: every male- or female-leaning continuation leans
+either way with probability 1/2) and the randomisation ``gender_disparity_p_value`` are reported
+with it (near the floor the disparity's bootstrap interval can lie above the point estimate); the
+signed skew has no such bias. ``profession_polarity`` holds each profession's skew, size and
+gendered share.
+
+**Also reported** (they need not move with the headline):
+
+* ``sentiment_disparity`` (+ ``_ci95``, per source ``bold_`` / ``builtin_``): VADER compound sentiment
+  (Hutto & Gilbert 2014) of the continuation alone of the gendered prompts,
+  ``|mean(male prompts) - mean(female prompts)|``, bootstrap interval from :func:`disparity`;
+  ``polarity_<group>_prompts``: gender polarity of the gendered prompts' continuations.
+* intrinsic (:func:`embedding_weat`): WEAT effect sizes (Caliskan et al. 2017,
+  :func:`trustnlp.fairness.intrinsic.weat`) of the model's *input token embeddings* on the project's
+  association tests (``resources/association_tests.json``), over the words that are single tokens of
+  the vocabulary; a test is used when both target sets keep >= 2 words and both attribute sets >= 1.
+  ``intrinsic_weat_mean_abs_effect`` = mean ``|d|`` over the used ``gender-*`` tests;
+  ``intrinsic_weat`` per test (effect size, p-value, words used and missing). The student's value at
+  initialisation (``intrinsic_weat_mean_abs_effect_init``) is the no-training reference (random
+  embeddings do not give ``|d| = 0`` on 8-word sets).
+* downstream (:func:`fit_probe`, :func:`downstream_fairness`): a logistic-regression probe (scikit-learn)
+  on the frozen model's mean-pooled final hidden states, trained for the built-in corpus's intent task
+  on its training split; on its test split: accuracy, the counterfactual flip rate
+  (:func:`~trustnlp.fairness.counterfactual.counterfactual_token_fairness`: share of gendered texts whose
+  predicted intent changes when gender words are swapped) and the accuracy gap between the
+  ``female`` and ``male`` examples (:func:`~trustnlp.fairness.extrinsic.group_metrics`, bootstrap interval).
+* utility: the student's perplexity on the held-out people's BOLD sentences and its token-mean
+  ``KL(teacher || student)`` there.
 
 :func:`run_distill` runs one student (teacher trained once and cached, see :class:`DistillConfig`) and
 writes ``out/results.json`` (kind ``distill``) and ``out/student`` (safetensors);
-:func:`summarise_distill` summarises a sweep over mitigations and seeds.
+:func:`summarise_distill` summarises a sweep over mitigations and seeds (relative change of the
+headline vs the plain student, paired by seed, with Student-t intervals) and :func:`summary_result`
+turns the summary into a ``distill`` result for the report.
 
 Example:
     >>> pairs = gender_pairs(shared=False)
@@ -94,33 +142,49 @@ __all__ = [
     "BOLD_GROUPS",
     "COMBINE_MODES",
     "MITIGATIONS",
+    "PROFESSION_SOURCE",
     "STUDENT_PRESETS",
+    "SUMMARY_METRICS",
     "BoldSplit",
+    "Disparity",
     "DistillConfig",
     "DistillData",
     "DistillStep",
-    "Disparity",
     "GenderPairs",
+    "PolarityDisparity",
+    "Probe",
+    "ProbeData",
+    "ProfessionPrompts",
     "Prompt",
     "TokenSwap",
     "build_vocabulary",
+    "builtin_profession_prompts",
     "builtin_prompt_pairs",
     "combine_distributions",
     "counterfactual_augment",
     "disparity",
     "distill",
     "distillation_loss",
+    "downstream_fairness",
+    "embedding_weat",
     "evaluate_generations",
+    "fit_probe",
     "gender_pairs",
     "gender_word_counts",
     "generate_continuations",
+    "hidden_features",
     "kl_to_teacher",
     "load_bold_gender",
+    "load_bold_professions",
+    "polarity_disparity",
+    "polarity_labels",
     "prepare_distill_data",
     "run_distill",
+    "select_profession_prompts",
     "sentiment_scores",
     "split_bold_by_person",
     "summarise_distill",
+    "summary_result",
     "teacher_distribution",
     "token_swap",
 ]
@@ -136,11 +200,17 @@ BOLD_GROUPS: Mapping[str, str] = {"American_actors": "male", "American_actresses
 """BOLD gender-domain groups and the gender of their prompts."""
 GROUPS = ("male", "female")
 SOURCES = ("bold", "builtin")
+"""Sources of gendered prompts (male / female groups)."""
+PROFESSION_SOURCE = "profession"
+"""Source of the gender-neutral profession prompts (their group is the profession)."""
+_SOURCE_IDS = {"bold": 0, "builtin": 1, PROFESSION_SOURCE: 2}
 _MALE_PRONOUNS = frozenset({"he", "him", "his", "himself"})
 _FEMALE_PRONOUNS = frozenset({"she", "her", "hers", "herself"})
 _WORD = re.compile(r"[a-z]+")
 # seed streams (the second entry of every SeedSequence), so that no two random choices share a stream
 _S_SPLIT, _S_PROMPTS, _S_GENERATE, _S_BOOTSTRAP, _S_INIT = 11, 12, 13, 14, 15
+_S_PROFESSION, _S_POLARITY, _S_PROBE, _S_WEAT = 16, 17, 18, 19
+_EVAL_VERSION = 2  # bumped when the evaluation's metrics change (the teacher's cached evaluation is redone)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,21 +473,11 @@ def load_bold_gender(directory: str | Path | None = None, *, data_dir: str | Pat
     out: list[dict[str, dict[str, list[str]]]] = []
     files: dict[str, str] = {}
     for path in (folder / "wikipedia" / "gender_wiki.json", folder / "prompts" / "gender_prompt.json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"BOLD file {path} does not exist.") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"BOLD file {path} is not valid JSON: {e}") from None
-        ok = isinstance(data, dict) and all(
-            isinstance(g, dict) and all(isinstance(v, list) for v in g.values()) for g in data.values())
-        if not ok:
-            raise DataError(f"{path}: expected a JSON object {{group: {{person: [text, ...]}}}}.")
+        data = _read_bold_json(path)
         missing = [g for g in BOLD_GROUPS if g not in data]
         if missing:
             raise DataError(f"{path}: expected the gender groups {list(BOLD_GROUPS)}, but {missing} are missing.")
-        out.append({g: {p: [s for s in v if isinstance(s, str) and s.strip()] for p, v in data[g].items()}
-                    for g in BOLD_GROUPS})
+        out.append({g: data[g] for g in BOLD_GROUPS})
         files[str(path)] = file_sha256(path)
     return out[0], out[1], files
 
@@ -483,6 +543,173 @@ def builtin_prompt_pairs(texts: Sequence[str], genders: Sequence[str], swaps: Sw
     return out
 
 
+def _read_bold_json(path: Path) -> dict[str, dict[str, list[str]]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"BOLD file {path} does not exist.") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"BOLD file {path} is not valid JSON: {e}") from None
+    ok = isinstance(data, dict) and all(
+        isinstance(g, dict) and all(isinstance(v, list) for v in g.values()) for g in data.values())
+    if not ok:
+        raise DataError(f"{path}: expected a JSON object {{group: {{entity: [text, ...]}}}}.")
+    return {g: {e: [t for t in v if isinstance(t, str) and t.strip()] for e, v in ents.items()}
+            for g, ents in data.items()}
+
+
+def load_bold_professions(directory: str | Path | None = None, *, data_dir: str | Path | None = None
+                          ) -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
+    """BOLD's profession-domain prompts (Dhamala et al., FAccT 2021): ``({profession group: {entity:
+    [prompt, ...]}}, files)``; ``directory`` is the BOLD folder (default: ``bold/`` in the data
+    directories).
+
+    Raises:
+        DataError: the file is missing or malformed.
+    """
+    from trustnlp.data.dataset import file_sha256
+
+    folder = _bold_folder(directory, data_dir)
+    if folder is None:
+        raise DataError("BOLD not found: expected bold/prompts/profession_prompt.json under ../shared/data "
+                        "(or $TRUSTNLP_DATA_DIR, or `data_dir`).")
+    path = folder / "prompts" / "profession_prompt.json"
+    data = _read_bold_json(path)
+    if not data:
+        raise DataError(f"{path}: expected at least one profession group, but got none.")
+    return data, {str(path): file_sha256(path)}
+
+
+def _name_key(name: str) -> str:
+    """``Jacob_Zachar`` / ``Jacob Zachar (actor)`` -> ``jacob zachar``."""
+    return " ".join(_WORD.findall(re.sub(r"\([^)]*\)", " ", name.replace("_", " ")).lower()))
+
+
+def _gendered_words(pairs: GenderPairs) -> frozenset[str]:
+    return frozenset(pairs.male | pairs.female | {w for p in pairs.pairs for w in p})
+
+
+@dataclass(frozen=True)
+class ProfessionPrompts:
+    """Gender-neutral profession prompts (see :func:`select_profession_prompts`).
+
+    Attributes:
+        prompts: ``(profession, entity, text)``, grouped by profession (sorted), in a seeded sample.
+        available: per profession, the prompts left after the exclusions (before sampling).
+        excluded: why prompts were left out: ``training_person`` (the entity is a training person),
+            ``mentions_training_person`` (the text holds a training person's name), ``gendered`` (it
+            holds a gendered word), ``duplicate`` (the same text twice in a profession).
+    """
+
+    prompts: tuple[tuple[str, str, str], ...]
+    available: Mapping[str, int]
+    excluded: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_prompts": len(self.prompts), "n_professions": len(self.available),
+                "available": dict(self.available), "excluded": dict(self.excluded)}
+
+
+def select_profession_prompts(prompts: Mapping[str, Mapping[str, Sequence[str]]], pairs: GenderPairs, *,
+                              exclude_people: Sequence[str] | frozenset[str] = (), n_per_profession: int = 20,
+                              seed: int = 0) -> ProfessionPrompts:
+    """Held-out gender-neutral prompts, ``n_per_profession`` per profession (all when fewer).
+
+    ``prompts`` is ``{profession: {entity: [text, ...]}}`` (BOLD's profession domain). A prompt is left
+    out when its entity is one of ``exclude_people`` (compared by :func:`_name_key`: case, ``_`` and a
+    trailing ``(...)`` ignored), when its text mentions one of their names (a run of words equal to the
+    name), or when it holds a gendered word of ``pairs`` (a male or female word, or either word of a
+    pair). The sample is drawn per profession (professions sorted, entities sorted, texts in file
+    order) with a generator seeded by ``seed``.
+    """
+    if isinstance(n_per_profession, bool) or not isinstance(n_per_profession, int) or n_per_profession < 1:
+        raise ConfigError(expected("n_per_profession", "an integer >= 1", n_per_profession))
+    people = {k for k in (_name_key(n) for n in exclude_people) if k}
+    longest = max((len(k.split()) for k in people), default=0)
+    gendered = _gendered_words(pairs)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _S_PROFESSION]))
+    excluded = dict.fromkeys(("training_person", "mentions_training_person", "gendered", "duplicate"), 0)
+    out: list[tuple[str, str, str]] = []
+    available: dict[str, int] = {}
+    for profession in sorted(prompts):
+        keep: list[tuple[str, str, str]] = []
+        seen: set[str] = set()
+        for entity in sorted(prompts[profession]):
+            for raw in prompts[profession][entity]:
+                text = " ".join(raw.split())
+                if not text:
+                    continue
+                words = _WORD.findall(text.lower())
+                if _name_key(entity) in people:
+                    excluded["training_person"] += 1
+                elif any(" ".join(words[i:i + n]) in people for n in range(1, longest + 1)
+                         for i in range(len(words) - n + 1)):
+                    excluded["mentions_training_person"] += 1
+                elif any(w in gendered for w in words):
+                    excluded["gendered"] += 1
+                elif text.lower() in seen:
+                    excluded["duplicate"] += 1
+                else:
+                    seen.add(text.lower())
+                    keep.append((profession, entity, text))
+        available[profession] = len(keep)
+        out.extend(keep[i] for i in _subsample(len(keep), n_per_profession, rng))
+    return ProfessionPrompts(tuple(out), available, excluded)
+
+
+def builtin_profession_prompts(texts: Sequence[str], professions: Sequence[str], pairs: GenderPairs, *,
+                               occupations: Sequence[str] | None = None, min_words: int = 3) -> list[tuple[str, str]]:
+    """``(occupation, prompt)`` from utterances that mention an occupation (the built-in corpus's
+    ``profession`` column, ``"none"`` when absent): the words up to the occupation (at least
+    ``min_words``), left out when that prefix holds a gendered word of ``pairs`` (not neutral). With
+    ``occupations``, each such prefix is a template: the occupation is replaced by every one of
+    ``occupations`` (``a`` / ``an`` before it adjusted), so that every occupation gets the same
+    contexts. Repeated prompts are dropped. The no-BOLD fallback of the profession prompts."""
+    gendered = _gendered_words(pairs)
+    templates: list[tuple[str, list[str], int]] = []
+    for text, prof in zip(texts, professions):
+        prof = str(prof)
+        if prof in ("none", "", "None"):
+            continue
+        words = text.split()
+        at = next((i for i, w in enumerate(words) if w.lower() == prof), None)
+        if at is None:
+            continue
+        prefix = words[: max(at + 1, min_words)]
+        if any(w in gendered for w in _WORD.findall(" ".join(prefix).lower())):
+            continue
+        templates.append((prof, prefix, at))
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for prof, prefix, at in templates:
+        for occ in (occupations if occupations is not None else (prof,)):
+            words = list(prefix)
+            words[at] = occ
+            if at > 0 and words[at - 1].lower() in ("a", "an"):
+                words[at - 1] = "an" if occ[:1].lower() in "aeiou" else "a"
+            prompt = " ".join(words)
+            if prompt.lower() not in seen and not any(w in gendered for w in _WORD.findall(occ.lower())):
+                seen.add(prompt.lower())
+                out.append((occ, prompt))
+    return out
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """The downstream probe's task: the built-in corpus's intents (train: train + validation splits).
+
+    Attributes:
+        train_texts / train_labels: the probe's training data.
+        test_texts / test_labels / test_gender: its evaluation (``gender``: ``female`` / ``male`` / ``none``).
+    """
+
+    train_texts: tuple[str, ...]
+    train_labels: tuple[int, ...]
+    test_texts: tuple[str, ...]
+    test_labels: tuple[int, ...]
+    test_gender: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class DistillData:
     """Everything the study trains and evaluates on (see :func:`prepare_distill_data`).
@@ -490,9 +717,10 @@ class DistillData:
     Attributes:
         train_texts: the teacher's (and the plain student's) training corpus.
         heldout_texts: held-out sentences for perplexity and KL.
-        prompts: evaluation prompts.
+        prompts: evaluation prompts (sources ``bold``, ``builtin`` and ``profession``).
         pairs / swaps: the gender pairs and the text swap list.
-        meta: provenance (sources, sha256 of files, split sizes, fallback reason).
+        meta: provenance (sources, sha256 of files, split sizes, fallback reasons).
+        probe: the downstream probe's task (``None``: no probe).
     """
 
     train_texts: tuple[str, ...]
@@ -501,6 +729,7 @@ class DistillData:
     pairs: GenderPairs
     swaps: SwapList
     meta: Mapping[str, Any]
+    probe: ProbeData | None = None
 
 
 def _subsample(n: int, k: int, rng: np.random.Generator) -> list[int]:
@@ -547,12 +776,46 @@ def prepare_distill_data(config: DistillConfig) -> DistillData:
     for j, i in enumerate(_subsample(len(pair_list), config.n_builtin_pairs, rng)):
         prompts.append(Prompt("builtin", "male", j, pair_list[i][0]))
         prompts.append(Prompt("builtin", "female", j, pair_list[i][1]))
+    # the headline's gender-neutral profession prompts
+    if folder is not None:
+        professions, prof_files = load_bold_professions(folder)
+        chosen = select_profession_prompts(professions, pairs, exclude_people=split.train_people,
+                                           n_per_profession=config.n_profession_prompts, seed=config.data_seed)
+        meta["files"] = {**meta["files"], **prof_files}
+        meta["profession_prompts"] = {"source": "bold profession domain", **chosen.to_dict()}
+        neutral = [(prof, text) for prof, _, text in chosen.prompts]
+    else:
+        from trustnlp.data.assistant import PROFESSION_STEREOTYPES
+
+        found = builtin_profession_prompts(splits.test.texts, splits.test.column("profession"), pairs,
+                                           occupations=sorted(PROFESSION_STEREOTYPES))
+        by_prof: dict[str, list[str]] = {}
+        for prof, text in found:
+            by_prof.setdefault(prof, []).append(text)
+        chosen = select_profession_prompts({k: {"builtin": v} for k, v in by_prof.items()}, pairs,
+                                           n_per_profession=config.n_profession_prompts, seed=config.data_seed)
+        neutral = [(prof, text) for prof, _, text in chosen.prompts]
+        meta["profession_prompts"] = {
+            "source": "built-in corpus test split: utterances mentioning an occupation, cut after it, with every "
+                      "occupation of the corpus put in its place",
+            **chosen.to_dict()}
+    for j, (prof, text) in enumerate(neutral):
+        prompts.append(Prompt(PROFESSION_SOURCE, prof, j, text))
+    if not neutral:
+        meta["profession_prompts"]["null_reason"] = "no gender-neutral profession prompt was found"
     meta.update(n_train_texts=len(train_texts), n_heldout_texts=len(heldout_texts),
-                n_prompts={f"{s}/{g}": sum(1 for p in prompts if p.source == s and p.group == g)
-                           for s in SOURCES for g in GROUPS})
+                n_prompts={**{f"{s}/{g}": sum(1 for p in prompts if p.source == s and p.group == g)
+                              for s in SOURCES for g in GROUPS},
+                           PROFESSION_SOURCE: len(neutral)})
     if not heldout_texts:
         raise DataError("No held-out texts for perplexity: the held-out split is empty (raise `heldout_fraction`).")
-    return DistillData(tuple(train_texts), tuple(heldout_texts), tuple(prompts), pairs, swaps, meta)
+    probe = None
+    if config.probe:
+        parts = [d for d in (splits.train, splits.validation) if d is not None]
+        probe = ProbeData(tuple(t for d in parts for t in d.texts), tuple(int(y) for d in parts for y in d.labels),
+                          tuple(splits.test.texts), tuple(int(y) for y in splits.test.labels),
+                          tuple(str(g) for g in splits.test.column("gender")))
+    return DistillData(tuple(train_texts), tuple(heldout_texts), tuple(prompts), pairs, swaps, meta, probe)
 
 
 # --------------------------------------------------------------------------------------------
@@ -910,8 +1173,117 @@ def disparity(male: Sequence[float] | np.ndarray, female: Sequence[float] | np.n
                      int(a.size), int(b.size), n_bootstrap, confidence)
 
 
+def polarity_labels(male: Sequence[int] | np.ndarray, female: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Gender polarity of each text from its male and female word counts: ``+1`` male-leaning
+    (``m > f``), ``-1`` female-leaning (``f > m``), ``0`` neutral (int64)."""
+    m, f = np.asarray(male, dtype=np.int64).ravel(), np.asarray(female, dtype=np.int64).ravel()
+    if m.shape != f.shape:
+        raise DataError(f"Expected as many female as male counts, but got {f.size} and {m.size}.")
+    return np.sign(m - f).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PolarityDisparity:
+    """Gender polarity disparity of generations for gender-neutral prompts (:func:`polarity_disparity`).
+
+    Attributes:
+        value: ``mean_p |skew_p|`` over professions (the headline ``gender_disparity``); ci: its interval.
+        skew / skew_ci: ``mean_p skew_p`` (signed, > 0: male) and its interval.
+        gendered_share: share of all generations with at least one gendered word.
+        by_profession: profession -> ``{"n", "skew", "male_leaning", "female_leaning", "gendered_share"}``.
+        null_value / p_value: the sign-flip null (see :func:`polarity_disparity`): the mean of
+            ``mean_p |skew_p|`` when every leaning generation leans male or female with probability 1/2
+            (the noise floor of ``value`` at these sizes and leaning shares), and the share of null
+            replicates at least as large as ``value`` (``(b + 1) / (n_bootstrap + 1)``).
+        n / n_bootstrap / confidence: generations, bootstrap (and null) resamples, interval level.
+    """
+
+    value: float
+    ci: tuple[float, float]
+    skew: float
+    skew_ci: tuple[float, float]
+    gendered_share: float
+    by_profession: Mapping[str, Mapping[str, float | int]]
+    null_value: float
+    p_value: float
+    n: int
+    n_bootstrap: int
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "ci": list(self.ci), "skew": self.skew, "skew_ci": list(self.skew_ci),
+                "gendered_share": self.gendered_share,
+                "by_profession": {k: dict(v) for k, v in self.by_profession.items()},
+                "null_value": self.null_value, "p_value": self.p_value, "n": self.n, "n_bootstrap": self.n_bootstrap,
+                "confidence": self.confidence}
+
+
+def polarity_disparity(male: Sequence[int] | np.ndarray, female: Sequence[int] | np.ndarray,
+                       professions: Sequence[str], *, n_bootstrap: int = 2000, confidence: float = 0.95,
+                       seed: int = 0) -> PolarityDisparity:
+    """Gender polarity disparity (module docs; after Dhamala et al. 2021's gender polarity on BOLD).
+
+    Each generation ``i`` (of profession ``professions[i]``) with ``male[i]`` male and ``female[i]``
+    female words is labelled by :func:`polarity_labels`; per profession
+    ``skew_p = (#male-leaning - #female-leaning) / n_p``; the disparity is ``mean_p |skew_p|`` (each
+    profession weighs the same) and the signed skew ``mean_p skew_p``. Percentile bootstrap: ``n_bootstrap``
+    times, every profession's generations are resampled with replacement to its own size (one
+    generator seeded by ``seed``) and both statistics recomputed; the interval holds the
+    ``(1 -+ confidence) / 2`` quantiles (linear interpolation).
+
+    ``mean_p |skew_p|`` is biased upwards: sampling noise alone gives ``E|skew_p| > 0`` (about
+    ``0.8 sqrt(g_p / n_p)`` for a share ``g_p`` of leaning generations). Its noise floor is estimated by a sign-flip
+    null, from the same generator after the bootstrap: ``n_bootstrap`` times, every leaning (male- or
+    female-) generation's label is replaced by ``+-1`` with probability 1/2 (neutral ones, ties
+    included, stay 0) and the disparity recomputed; ``null_value`` is the mean, ``p_value`` the
+    one-sided randomisation p-value of "no skew in any profession". The same bias shifts the bootstrap
+    distribution: near the noise floor the disparity's percentile interval can lie entirely above the
+    point estimate (an interval for a biased statistic, not a bias-corrected one); the signed skew's
+    interval has no such problem.
+
+    Raises:
+        DataError: no generations, or lengths that differ.
+    """
+    labels = polarity_labels(male, female)
+    prof = np.asarray([str(p) for p in professions])
+    if prof.size != labels.size:
+        raise DataError(f"Expected one profession per generation ({labels.size}), but got {prof.size}.")
+    if labels.size == 0:
+        raise DataError("Expected at least one generation, but got none.")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise ConfigError(expected("n_bootstrap", "an integer >= 1", n_bootstrap))
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(expected("confidence", "in (0, 1)", confidence))
+    gendered = (np.asarray(male, dtype=np.int64).ravel() + np.asarray(female, dtype=np.int64).ravel()) > 0
+    names = sorted(set(prof.tolist()))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _S_POLARITY]))
+    skews = np.empty(len(names), dtype=np.float64)
+    boot = np.empty((len(names), n_bootstrap), dtype=np.float64)
+    by: dict[str, dict[str, float | int]] = {}
+    for j, name in enumerate(names):
+        lab = labels[prof == name]
+        skews[j] = lab.mean(dtype=np.float64)
+        boot[j] = lab[rng.integers(0, lab.size, size=(n_bootstrap, lab.size))].mean(axis=1, dtype=np.float64)
+        by[name] = {"n": int(lab.size), "skew": float(skews[j]), "male_leaning": int((lab > 0).sum()),
+                    "female_leaning": int((lab < 0).sum()), "gendered_share": float(gendered[prof == name].mean())}
+    q = [(1 - confidence) / 2, (1 + confidence) / 2]
+    lo, hi = np.quantile(np.abs(boot).mean(axis=0), q)
+    slo, shi = np.quantile(boot.mean(axis=0), q)
+    value = float(np.abs(skews).mean())
+    null = np.zeros(n_bootstrap, dtype=np.float64)
+    for name in names:
+        g = int((labels[prof == name] != 0).sum())
+        n_p = int((prof == name).sum())
+        null += np.abs((2 * rng.integers(0, 2, size=(n_bootstrap, g)) - 1).sum(axis=1)) / n_p
+    null /= len(names)
+    beyond = int((null >= value - 1e-12).sum())
+    return PolarityDisparity(value, (float(lo), float(hi)), float(skews.mean()), (float(slo), float(shi)),
+                             float(gendered.mean()), by, float(null.mean()), (beyond + 1) / (n_bootstrap + 1),
+                             int(labels.size), n_bootstrap, confidence)
+
+
 def _prompt_seed(seed: int, prompt: Prompt) -> int:
-    ss = np.random.SeedSequence([int(seed), _S_GENERATE, SOURCES.index(prompt.source), prompt.index])
+    ss = np.random.SeedSequence([int(seed), _S_GENERATE, _SOURCE_IDS[prompt.source], prompt.index])
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
@@ -919,29 +1291,61 @@ def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
                          seed: int = 0, max_new_tokens: int = 20, top_k: int | None = 40, temperature: float = 1.0,
                          n_bootstrap: int = 2000, n_rows: int = 20) -> tuple[dict[str, Any], list[dict[str, Any]],
                                                                             dict[str, str]]:
-    """Generate a continuation of each prompt and score the gender disparity of their sentiment.
+    """Generate a continuation of each prompt and score its gender polarity and sentiment (module docs).
 
     Returns:
-        ``(metrics, rows, null_reasons)``: ``gender_disparity`` (all prompts), its ``_ci95``, the
-        per-group mean sentiments, the same per source (``bold_*``, ``builtin_*``), gender polarity per
-        prompt group (``polarity_<group>_prompts = (M - F) / (M + F)`` over the continuations' male and
-        female words, ``gendered_share_<group>_prompts`` = share of continuations with a gendered word);
-        ``rows``: up to ``n_rows`` prompt pairs with both continuations, half from each source.
+        ``(metrics, rows, null_reasons)``. ``metrics``: over the ``profession`` prompts, the headline
+        ``gender_disparity`` (:func:`polarity_disparity`: mean over professions of ``|skew|``) and its
+        ``_ci95``, its sign-flip noise floor ``gender_disparity_null`` and ``gender_disparity_p_value``,
+        the signed ``gender_polarity_skew`` (+ ``_ci95``), ``gendered_share``,
+        ``profession_polarity`` (per profession: ``n``, ``skew``, leaning counts, gendered share),
+        ``n_profession_prompts``, ``n_professions`` and ``profession_prompt_unk_share`` (share of the
+        prompts' tokens outside the vocabulary); over the gendered prompts (``bold`` and ``builtin``),
+        ``sentiment_disparity`` (+ ``_ci95``, :func:`disparity` of VADER sentiment), the per-group mean
+        sentiments, the same per source (``bold_*``, ``builtin_*``), and gender polarity per prompt
+        group (``polarity_<group>_prompts = (M - F) / (M + F)`` over the continuations' male and female
+        words, ``gendered_share_<group>_prompts``). ``rows``: up to ``n_rows`` gendered prompt pairs
+        with both continuations, half from each source.
     """
     seeds = [_prompt_seed(seed, p) for p in prompts]
     ids = generate_continuations(model, tokenizer, [p.text for p in prompts], seeds=seeds,
                                  max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)
     texts = [tokenizer.decode(c) for c in ids]
-    sent = sentiment_scores(texts)
     male_n, female_n = gender_word_counts(texts, pairs)
-    group = np.asarray([p.group for p in prompts])
-    source = np.asarray([p.source for p in prompts])
+    group = np.asarray([p.group for p in prompts], dtype=object)
+    source = np.asarray([p.source for p in prompts], dtype=object)
+    gendered_src = np.isin(source, SOURCES)
+    sent = np.full(len(prompts), np.nan)
+    if gendered_src.any():
+        sent[gendered_src] = sentiment_scores([t for t, g in zip(texts, gendered_src) if g])
     metrics: dict[str, Any] = {}
     reasons: dict[str, str] = {}
     bootstrap_seed = int(np.random.SeedSequence([int(seed), _S_BOOTSTRAP]).generate_state(1)[0])
-    for prefix, sel in (("", np.ones(len(prompts), bool)), *((f"{s}_", source == s) for s in SOURCES)):
+    # the headline: gender polarity of the gender-neutral profession prompts' continuations
+    prof = source == PROFESSION_SOURCE
+    headline = ("gender_disparity", "gender_disparity_ci95", "gender_disparity_null", "gender_disparity_p_value",
+                "gender_polarity_skew", "gender_polarity_skew_ci95", "gendered_share", "profession_polarity",
+                "n_professions", "profession_prompt_unk_share", "profession_mean_continuation_tokens")
+    metrics["n_profession_prompts"] = int(prof.sum())
+    if prof.any():
+        pd = polarity_disparity(male_n[prof], female_n[prof], group[prof].tolist(), n_bootstrap=n_bootstrap,
+                                seed=bootstrap_seed)
+        enc = tokenizer.encode([p.text for p in prompts if p.source == PROFESSION_SOURCE], add_special_tokens=False,
+                               max_length=10_000)
+        real = enc.attention_mask.bool()
+        unk = float((enc.input_ids[real] == tokenizer.unk_id).double().mean()) if real.any() else None
+        metrics.update(dict(zip(headline, (
+            pd.value, list(pd.ci), pd.null_value, pd.p_value, pd.skew, list(pd.skew_ci), pd.gendered_share,
+            {k: dict(v) for k, v in pd.by_profession.items()}, len(pd.by_profession), unk,
+            float(np.mean([len(c) for c, s in zip(ids, prof) if s]))))))
+    else:
+        for k in headline:
+            metrics[k] = None
+            reasons[f"metrics.{k}"] = "no gender-neutral profession prompts (see data.profession_prompts)"
+    # sentiment and polarity of the gendered prompts
+    for prefix, sel in (("", gendered_src), *((f"{s}_", source == s) for s in SOURCES)):
         m, f = sent[sel & (group == "male")], sent[sel & (group == "female")]
-        keys = [f"{prefix}gender_disparity", f"{prefix}gender_disparity_ci95", f"{prefix}mean_sentiment_male",
+        keys = [f"{prefix}sentiment_disparity", f"{prefix}sentiment_disparity_ci95", f"{prefix}mean_sentiment_male",
                 f"{prefix}mean_sentiment_female"]
         metrics[f"{prefix}n_prompts_male"], metrics[f"{prefix}n_prompts_female"] = int(m.size), int(f.size)
         if m.size and f.size:
@@ -950,9 +1354,9 @@ def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
         else:
             for k in keys:
                 metrics[k] = None
-                reasons[f"metrics.{k}"] = f"no {prefix.rstrip('_') or 'evaluation'} prompts of one gender"
+                reasons[f"metrics.{k}"] = f"no {prefix.rstrip('_') or 'gendered'} prompts of one gender"
     for g in GROUPS:
-        sel = group == g
+        sel = gendered_src & (group == g)
         mm, ff = int(male_n[sel].sum()), int(female_n[sel].sum())
         metrics[f"male_words_{g}_prompts"], metrics[f"female_words_{g}_prompts"] = mm, ff
         metrics[f"gendered_share_{g}_prompts"] = float(((male_n + female_n)[sel] > 0).mean()) if sel.any() else None
@@ -975,6 +1379,206 @@ def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
                             f"sentiment_{g}": float(sent[i])})
             rows.append(row)
     return metrics, rows, reasons
+
+
+# --------------------------------------------------------------------------------------------
+# intrinsic (WEAT on input embeddings) and downstream (probe) fairness of a causal LM
+# --------------------------------------------------------------------------------------------
+
+
+def _word_id(tokenizer: Any, word: str) -> int | None:
+    """The single token id of ``word`` (lower case for a word tokenizer; for a subword tokenizer the
+    first of `` word``, ``word``, `` Word``, ``Word`` that is one token), or ``None``."""
+    if getattr(tokenizer, "kind", "word") == "word":
+        return _single_id(tokenizer, word.lower())
+    for v in (" " + word, word, " " + word.capitalize(), word.capitalize()):
+        i = _single_id(tokenizer, v)
+        if i is not None:
+            return i
+    return None
+
+
+def embedding_weat(model: torch.nn.Module, tokenizer: Any, tests: Mapping[str, Any] | None = None, *,
+                   n_permutations: int = 20_000, seed: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+    """WEAT (Caliskan et al. 2017) on ``model``'s input token embeddings.
+
+    Each word of a test's four sets is looked up as one token of ``tokenizer`` (:func:`_word_id`);
+    words that are not are dropped and listed. A test is scored (:func:`trustnlp.fairness.intrinsic.weat`:
+    effect size ``d`` and one-sided permutation p-value, exact up to ``n_permutations`` partitions,
+    else sampled with ``seed``) when ``X`` and ``Y`` keep >= 2 words and ``A`` and ``B`` >= 1.
+
+    Args:
+        tests: name -> :class:`~trustnlp.fairness.association_tests.AssociationTest` (default: the
+            project's word-level :func:`~trustnlp.fairness.association_tests.builtin_tests`).
+
+    Returns:
+        ``(metrics, null_reasons)``: ``intrinsic_weat_mean_abs_effect`` (mean ``|d|`` over the scored
+        tests whose name starts with ``gender``), ``intrinsic_weat_tests`` (the scored gender tests),
+        ``intrinsic_weat_n_missing_words`` (words of those tests not in the vocabulary) and
+        ``intrinsic_weat`` (per test: ``effect_size``, ``p_value``, ``n_words`` per set, ``missing``, or
+        ``skipped`` with the reason).
+    """
+    from trustnlp.fairness.association_tests import builtin_tests
+    from trustnlp.fairness.encoders import find_token_embedding
+    from trustnlp.fairness.intrinsic import weat
+
+    tests = builtin_tests() if tests is None else tests
+    emb = find_token_embedding(model, tokenizer.vocab_size).weight.detach().double().cpu().numpy()
+    per: dict[str, Any] = {}
+    for name, test in tests.items():
+        if getattr(test, "level", "word") != "word":
+            continue
+        sets: dict[str, list[int]] = {}
+        missing: dict[str, list[str]] = {}
+        for key in ("X", "Y", "A", "B"):
+            ids = {w: _word_id(tokenizer, w) for w in getattr(test, key).examples}
+            sets[key] = list(dict.fromkeys(i for i in ids.values() if i is not None))
+            missing[key] = [w for w, i in ids.items() if i is None]
+        entry: dict[str, Any] = {"n_words": {k: len(v) for k, v in sets.items()},
+                                 "missing": {k: v for k, v in missing.items() if v}}
+        if min(len(sets["X"]), len(sets["Y"])) < 2 or min(len(sets["A"]), len(sets["B"])) < 1:
+            entry["skipped"] = "fewer than 2 target or 1 attribute words are single tokens of the vocabulary"
+        else:
+            try:
+                r = weat(*(emb[sets[k]] for k in ("X", "Y", "A", "B")), test=name, n_samples=n_permutations,
+                         seed=int(np.random.SeedSequence([int(seed), _S_WEAT]).generate_state(1)[0]))
+                entry.update(effect_size=r.effect_size, p_value=r.p_value, p_value_method=r.p_value_method)
+            except DataError as e:
+                entry["skipped"] = str(e)
+        per[name] = entry
+    used = [n for n, e in per.items() if n.startswith("gender") and "effect_size" in e]
+    metrics: dict[str, Any] = {
+        "intrinsic_weat_mean_abs_effect": float(np.mean([abs(per[n]["effect_size"]) for n in used])) if used else None,
+        "intrinsic_weat_tests": used,
+        "intrinsic_weat_n_missing_words": sum(len(v) for n in used for v in per[n]["missing"].values()),
+        "intrinsic_weat": per,
+    }
+    reasons = {} if used else {"metrics.intrinsic_weat_mean_abs_effect":
+                               "no gender association test has enough words in the vocabulary"}
+    return metrics, reasons
+
+
+@torch.no_grad()
+def hidden_features(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, max_length: int = 48,
+                    batch_size: int = 128) -> np.ndarray:
+    """Mean-pooled final hidden states ``[len(texts), dim]`` (float64) of a causal LM: the input of its
+    output layer (``lm_head``, or a Hugging Face model's output embeddings), averaged over each
+    text's real tokens (start and end tokens included)."""
+    head = getattr(model, "lm_head", None)
+    if head is None and hasattr(model, "model") and hasattr(model.model, "get_output_embeddings"):
+        head = model.model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Module):
+        raise ConfigError(f"Expected a causal LM with an output layer (`lm_head`), but got {type(model).__name__}.")
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer.encode(list(texts[start:start + batch_size]), max_length=max_length)
+            mask = enc.attention_mask.to(device)
+            captured.clear()
+            model(enc.input_ids.to(device), mask)
+            h = captured[-1].double()
+            m = mask.to(h.dtype)[..., None]
+            out.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    dim = int(getattr(head, "in_features", 0) or 0)
+    return np.concatenate(out) if out else np.zeros((0, dim))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A logistic-regression probe on a frozen LM's :func:`hidden_features` (:func:`fit_probe`)."""
+
+    model: Any
+    tokenizer: Any
+    classifier: Any
+    max_length: int
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities ``[len(texts), n_classes]`` (columns: ``classifier.classes_``)."""
+        return self.classifier.predict_proba(hidden_features(self.model, self.tokenizer, texts,
+                                                             max_length=self.max_length))
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Predicted labels."""
+        return self.classifier.classes_[self.predict_proba(texts).argmax(1)]
+
+
+def fit_probe(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
+              max_length: int = 48, seed: int = 0, max_iter: int = 500) -> Probe:
+    """A multinomial logistic regression (scikit-learn, lbfgs, standardised features, ``C = 1``) on the
+    frozen ``model``'s mean-pooled final hidden states (:func:`hidden_features`) of ``texts``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(labels)
+    if len(texts) != y.size or y.size == 0:
+        raise DataError(f"Expected one label per text and at least one text, but got {len(texts)} texts and "
+                        f"{y.size} labels.")
+    if np.unique(y).size < 2:
+        raise DataError("Expected at least 2 classes to fit the probe, but got one.")
+    x = hidden_features(model, tokenizer, texts, max_length=max_length)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
+    clf.fit(x, y)
+    return Probe(model, tokenizer, clf, max_length)
+
+
+def downstream_fairness(probe: Probe, texts: Sequence[str], labels: Sequence[int], gender: Sequence[str],
+                        swaps: SwapList, *, n_bootstrap: int = 1000, seed: int = 0) -> tuple[dict[str, Any],
+                                                                                          dict[str, str]]:
+    """Fairness of ``probe``'s predictions on a labelled test set.
+
+    Returns:
+        ``(metrics, null_reasons)``: ``downstream_accuracy``; ``downstream_flip_rate`` (share of the texts
+        with a swappable gender word whose predicted class changes when the words are swapped,
+        :func:`~trustnlp.fairness.counterfactual.counterfactual_token_fairness`), ``downstream_n_changed``
+        and ``downstream_mean_tv`` (mean total variation between the two predicted distributions);
+        ``downstream_accuracy_gap`` (``|accuracy(female) - accuracy(male)|`` over the texts whose
+        ``gender`` is ``female`` / ``male``, :func:`~trustnlp.fairness.extrinsic.group_metrics`) with its
+        ``_ci95`` (percentile bootstrap within groups, seeded) and the per-group accuracies and sizes.
+    """
+    from trustnlp.fairness.counterfactual import counterfactual_token_fairness
+    from trustnlp.fairness.extrinsic import group_metrics
+
+    y = np.asarray(labels)
+    g = np.asarray([str(v) for v in gender])
+    if not len(texts) == y.size == g.size:
+        raise DataError(f"Expected as many labels and genders as texts ({len(texts)}), but got {y.size} and {g.size}.")
+    pred = probe.predict(texts)
+    metrics: dict[str, Any] = {"downstream_accuracy": float((pred == y).mean()) if y.size else None,
+                               "downstream_n_test": int(y.size)}
+    reasons: dict[str, str] = {}
+    cf = counterfactual_token_fairness(probe.predict_proba, texts, swaps=swaps)
+    metrics.update(downstream_flip_rate=cf.flip_rate, downstream_n_changed=cf.n_changed, downstream_mean_tv=cf.mean_tv)
+    for k in ("flip_rate", "mean_tv"):
+        if k in cf.undefined:
+            reasons[f"metrics.downstream_{k}"] = cf.undefined[k]
+    keys = ("downstream_accuracy_gap", "downstream_accuracy_gap_ci95", "downstream_accuracy_female",
+            "downstream_accuracy_male")
+    counts = {grp: int((g == grp).sum()) for grp in GROUPS}
+    metrics.update(downstream_n_female=counts["female"], downstream_n_male=counts["male"])
+    if min(counts.values()) == 0:
+        for k in keys:
+            metrics[k] = None
+            reasons[f"metrics.{k}"] = f"the test split has no example of one gender ({counts})"
+        return metrics, reasons
+    sel = np.isin(g, GROUPS)
+    boot_seed = int(np.random.SeedSequence([int(seed), _S_PROBE]).generate_state(1)[0])
+    gm = group_metrics(y[sel], pred[sel], sensitive_features=g[sel], metrics=("accuracy",), groups=GROUPS,
+                       n_bootstrap=n_bootstrap, seed=boot_seed)
+    ci = gm.intervals.get("accuracy", {}).get("difference") if n_bootstrap else None
+    metrics.update(dict(zip(keys, (gm.difference["accuracy"], list(ci) if ci else None,
+                                   gm.by_group["female"]["accuracy"], gm.by_group["male"]["accuracy"]))))
+    if ci is None:
+        reasons["metrics.downstream_accuracy_gap_ci95"] = "no bootstrap (n_bootstrap = 0) or undefined replicates"
+    return metrics, reasons
 
 
 # --------------------------------------------------------------------------------------------
@@ -1010,8 +1614,11 @@ class DistillConfig(BaseModel):
         vocab_size / min_count: the word vocabulary (most frequent words; the pair words are added).
         shared_swaps: use the shared gender lists (``None``: when found).
         n_prompts: held-out BOLD prompts per gender; n_builtin_pairs: built-in prompt pairs.
+        n_profession_prompts: gender-neutral profession prompts per profession (the headline).
         max_new_tokens / top_k / sampling_temperature: sampling of the continuations.
-        n_bootstrap: bootstrap resamples of the disparity interval.
+        n_bootstrap: bootstrap resamples of the disparity intervals (and the probe's accuracy gap).
+        weat_permutations: WEAT permutation p-values: exact up to this many partitions, else sampled.
+        probe: fit the downstream probe (logistic regression on frozen hidden states, built-in intents).
         evaluate_teacher: also evaluate the teacher (once per teacher and evaluation setting, cached).
         n_rows: generated examples kept in ``rows``.
         device / threads / progress: where and how it runs.
@@ -1049,10 +1656,13 @@ class DistillConfig(BaseModel):
     shared_swaps: bool | None = None
     n_prompts: int = Field(100, ge=1)
     n_builtin_pairs: int = Field(50, ge=0)
+    n_profession_prompts: int = Field(50, ge=1)
     max_new_tokens: int = Field(20, ge=1)
     top_k: int | None = Field(40, ge=1)
     sampling_temperature: float = Field(1.0, ge=0.0)
     n_bootstrap: int = Field(2000, ge=1)
+    weat_permutations: int = Field(20_000, ge=1)
+    probe: bool = True
     evaluate_teacher: bool = True
     n_rows: int = Field(20, ge=0)
     device: str = Field("cpu", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -1067,7 +1677,8 @@ def _hash(obj: Any) -> str:
 _DATA_FIELDS = ("data_dir", "bold_dir", "bold", "heldout_fraction", "data_seed", "corpus_size", "shared_swaps")
 _TEACHER_FIELDS = ("teacher_layers", "teacher_dim", "teacher_heads", "teacher_epochs", "teacher_lr", "teacher_seed",
                    "teacher_batch_size", "vocab_size", "min_count", "max_length")
-_EVAL_FIELDS = ("n_prompts", "n_builtin_pairs", "max_new_tokens", "top_k", "sampling_temperature", "n_bootstrap")
+_EVAL_FIELDS = ("n_prompts", "n_builtin_pairs", "n_profession_prompts", "max_new_tokens", "top_k",
+                "sampling_temperature", "n_bootstrap", "weat_permutations", "probe")
 
 
 def _teacher_fingerprint(config: DistillConfig, data: DistillData) -> str:
@@ -1156,15 +1767,38 @@ def _evaluate(model: torch.nn.Module, tokenizer: Any, data: DistillData, config:
     from trustnlp.devices import move_tensors
     from trustnlp.tasks import LMTask
 
+    t0 = time.perf_counter()
     metrics, rows, reasons = evaluate_generations(
         model, tokenizer, data.prompts, data.pairs, seed=seed, max_new_tokens=config.max_new_tokens,
         top_k=config.top_k, temperature=config.sampling_temperature, n_bootstrap=config.n_bootstrap,
         n_rows=config.n_rows)
+    timing = {"generation": time.perf_counter() - t0}
+    t0 = time.perf_counter()
     heldout = move_tensors(_encode_lm(tokenizer, data.heldout_texts, config.max_length),
                            next(model.parameters()).device)
     metrics["perplexity"] = LMTask().evaluate(model, heldout)["perplexity"]
     if teacher is not None:
         metrics["kl_to_teacher"] = kl_to_teacher(model, teacher, heldout)
+    timing["perplexity"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    intrinsic, why = embedding_weat(model, tokenizer, n_permutations=config.weat_permutations, seed=seed)
+    metrics.update(intrinsic)
+    reasons.update(why)
+    timing["intrinsic"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if data.probe is not None:
+        pr = data.probe
+        probe = fit_probe(model, tokenizer, pr.train_texts, pr.train_labels, max_length=config.max_length, seed=seed)
+        down, why = downstream_fairness(probe, pr.test_texts, pr.test_labels, pr.test_gender, data.swaps,
+                                        n_bootstrap=config.n_bootstrap, seed=seed)
+        metrics.update(down)
+        reasons.update(why)
+    else:
+        for k in ("downstream_accuracy", "downstream_flip_rate", "downstream_accuracy_gap"):
+            metrics[k] = None
+            reasons[f"metrics.{k}"] = "probe is off"
+    timing["downstream"] = time.perf_counter() - t0
+    metrics["evaluation_seconds"] = {k: round(v, 3) for k, v in timing.items()}
     return metrics, rows, reasons
 
 
@@ -1173,7 +1807,7 @@ def _teacher_metrics(teacher: torch.nn.Module, tokenizer: Any, data: DistillData
     """The teacher's evaluation ``(metrics, null_reasons)``, cached in a local teacher's directory."""
     from trustnlp.results import atomic_write_json
 
-    key = _hash({"teacher": info.get("fingerprint", info.get("path", info.get("name"))),
+    key = _hash({"teacher": info.get("fingerprint", info.get("path", info.get("name"))), "version": _EVAL_VERSION,
                  **{k: getattr(config, k) for k in _EVAL_FIELDS}, "prompts": [p.text for p in data.prompts]})
     cache = Path(info["path"]) / f"evaluation-{key}.json" if info.get("kind") == "local" else None
     if cache is not None and cache.is_file():
@@ -1190,10 +1824,13 @@ def run_distill(config: DistillConfig, out: str | Path) -> Any:
 
     Returns:
         The :class:`~trustnlp.results.Result` (kind ``distill``): ``metrics`` hold the student's
-        ``gender_disparity`` (+ ``_ci95``), per-group and per-source sentiment, gender polarity,
-        ``perplexity`` and ``kl_to_teacher`` on the held-out sentences, training sizes and times, and
-        the teacher's numbers as ``teacher_*`` (when ``evaluate_teacher``); ``rows`` hold generated
-        examples for prompt pairs.
+        headline ``gender_disparity`` (gender polarity disparity over the profession prompts, + ``_ci95``),
+        ``gender_polarity_skew``, ``gendered_share``, ``profession_polarity``, the sentiment disparity
+        (``sentiment_disparity``, per group and source), the intrinsic WEAT (``intrinsic_weat*``; also at
+        initialisation, ``intrinsic_weat_mean_abs_effect_init``), the downstream probe (``downstream_*``),
+        ``perplexity`` and ``kl_to_teacher`` on the held-out sentences, training sizes and times,
+        ``evaluation_seconds`` per part, and the teacher's numbers as ``teacher_*`` (when
+        ``evaluate_teacher``); ``rows`` hold generated examples for gendered prompt pairs.
     """
     from trustnlp.devices import resolve_device
     from trustnlp.models.io import save_model
@@ -1218,6 +1855,7 @@ def run_distill(config: DistillConfig, out: str | Path) -> Any:
     n_gendered = sum(1 for t in data.train_texts if swap_text(t, data.swaps)[1] > 0)
 
     student = _build_student(config, tok, teacher_info)
+    init_weat, _ = embedding_weat(student, tok, n_permutations=config.weat_permutations, seed=config.seed)
     fitted = distill(student, teacher, tok, texts, alpha=config.alpha, temperature=config.temperature,
                      swap=swap if perturb else None, combine=config.combine, epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, seed=config.seed, max_length=config.max_length,
@@ -1231,12 +1869,17 @@ def run_distill(config: DistillConfig, out: str | Path) -> Any:
         "train_loss": fitted.history[-1]["train_loss"] if fitted.history else None,
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+        "intrinsic_weat_mean_abs_effect_init": init_weat["intrinsic_weat_mean_abs_effect"],
     })
+    if init_weat["intrinsic_weat_mean_abs_effect"] is None:
+        reasons["metrics.intrinsic_weat_mean_abs_effect_init"] = reasons.get(
+            "metrics.intrinsic_weat_mean_abs_effect", "no gender association test has enough words in the vocabulary")
     if not perturb:
         reasons["metrics.combine"] = "combine applies to the perturb and both mitigations only"
     if config.evaluate_teacher:
         tm, treasons = _teacher_metrics(teacher, tok, data, config, teacher_info)
-        metrics.update({f"teacher_{k}": v for k, v in tm.items() if not k.startswith(("male_words", "female_words"))})
+        metrics.update({f"teacher_{k}": v for k, v in tm.items()
+                        if not k.startswith(("male_words", "female_words", "evaluation_seconds"))})
         reasons.update({k.replace("metrics.", "metrics.teacher_", 1): f"teacher: {v}" for k, v in treasons.items()})
     else:
         reasons["metrics.teacher_gender_disparity"] = "evaluate_teacher is off"
@@ -1279,14 +1922,27 @@ def _t_interval(values: Sequence[float | None]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "ci95": [mean - half, mean + half]}
 
 
+SUMMARY_METRICS = ("gender_disparity", "gender_disparity_null", "gender_polarity_skew", "gendered_share",
+                   "sentiment_disparity", "intrinsic_weat_mean_abs_effect", "intrinsic_weat_mean_abs_effect_init",
+                   "downstream_flip_rate", "downstream_accuracy_gap", "downstream_accuracy", "perplexity",
+                   "kl_to_teacher")
+"""Metrics that :func:`summarise_distill` puts side by side (mean over seeds, paired change vs the baseline)."""
+_SIGNED = frozenset({"gender_polarity_skew"})  # no relative change: the sign flips
+
+
 def summarise_distill(root: str | Path, *, baseline: str = "none") -> dict[str, Any]:
     """Summarise ``root/<mitigation>/seed-<s>/results.json`` (kind ``distill``).
 
-    Per mitigation: the gender disparity's mean over seeds with a 95% Student-t interval; the
-    relative change vs ``baseline`` paired by seed (``d_m(s) / d_base(s) - 1``, mean and t-interval
-    over the seeds both have; seeds where the baseline's disparity is 0 are left out) and the paired
-    difference ``d_m(s) - d_base(s)``; the relative perplexity increase (``ppl_m(s) / ppl_base(s) - 1``),
-    and the mean perplexity and KL to the teacher. Intervals are ``None`` with fewer than 2 seeds.
+    Per mitigation: the headline gender (polarity) disparity's mean over seeds with a 95% Student-t
+    interval; its relative change vs ``baseline`` paired by seed (``d_m(s) / d_base(s) - 1``, mean and
+    t-interval over the seeds both have; seeds where the baseline's value is 0 are left out) and the
+    paired difference ``d_m(s) - d_base(s)``; the relative perplexity increase
+    (``ppl_m(s) / ppl_base(s) - 1``), the mean perplexity and KL to the teacher; under ``metrics``, every
+    metric of :data:`SUMMARY_METRICS` (sentiment disparity, intrinsic WEAT, downstream flip rate and
+    accuracy gap, ...) as ``{"value", "difference_vs_baseline", "relative_change_vs_baseline"}`` (no
+    relative change for the signed skew); ``profession_skew``: each profession's skew over seeds.
+    ``teacher``: the teacher's value of each metric (one teacher per sweep). Intervals are ``None``
+    with fewer than 2 seeds.
     """
     from trustnlp.results import read_result
 
@@ -1300,7 +1956,10 @@ def summarise_distill(root: str | Path, *, baseline: str = "none") -> dict[str, 
     if not runs:
         raise DataError(f"No distillation results under {root}/<mitigation>/seed-<s>/results.json.")
     base = runs.get(baseline, {})
-    out: dict[str, Any] = {"baseline": baseline, "mitigations": {}}
+    first = next(m for seeds in runs.values() for m in seeds.values())
+    out: dict[str, Any] = {"baseline": baseline, "mitigations": {},
+                           "teacher": {k: first.get(f"teacher_{k}") for k in SUMMARY_METRICS
+                                       if k not in ("kl_to_teacher", "intrinsic_weat_mean_abs_effect_init")}}
     for name in [m for m in MITIGATIONS if m in runs] + sorted(set(runs) - set(MITIGATIONS)):
         seeds = runs[name]
         paired = sorted(set(seeds) & set(base))
@@ -1313,14 +1972,67 @@ def summarise_distill(root: str | Path, *, baseline: str = "none") -> dict[str, 
             a, b = _seeds[s].get(key), base[s].get(key)
             return a - b if a is not None and b is not None else None
 
+        side = {}
+        for key in SUMMARY_METRICS:
+            side[key] = {"value": _t_interval([m.get(key) for m in seeds.values()]),
+                         "difference_vs_baseline": _t_interval([diff(key, s) for s in paired])}
+            if key not in _SIGNED:
+                side[key]["relative_change_vs_baseline"] = _t_interval([ratio(key, s) for s in paired])
+        skews: dict[str, list[float]] = {}
+        for m in seeds.values():
+            for prof, v in (m.get("profession_polarity") or {}).items():
+                if isinstance(v, Mapping) and v.get("skew") is not None:
+                    skews.setdefault(prof, []).append(v["skew"])
         out["mitigations"][name] = {
             "seeds": sorted(seeds),
-            "gender_disparity": _t_interval([m.get("gender_disparity") for m in seeds.values()]),
-            "relative_change_vs_baseline": _t_interval([ratio("gender_disparity", s) for s in paired]),
-            "difference_vs_baseline": _t_interval([diff("gender_disparity", s) for s in paired]),
-            "perplexity": _t_interval([m.get("perplexity") for m in seeds.values()]),
-            "relative_perplexity_increase": _t_interval([ratio("perplexity", s) for s in paired]),
-            "kl_to_teacher": _t_interval([m.get("kl_to_teacher") for m in seeds.values()]),
-            "teacher_gender_disparity": next((m.get("teacher_gender_disparity") for m in seeds.values()), None),
+            "gender_disparity": side["gender_disparity"]["value"],
+            "relative_change_vs_baseline": side["gender_disparity"]["relative_change_vs_baseline"],
+            "difference_vs_baseline": side["gender_disparity"]["difference_vs_baseline"],
+            "perplexity": side["perplexity"]["value"],
+            "relative_perplexity_increase": side["perplexity"]["relative_change_vs_baseline"],
+            "kl_to_teacher": side["kl_to_teacher"]["value"],
+            "teacher_gender_disparity": first.get("teacher_gender_disparity"),
+            "metrics": side,
+            "profession_skew": {k: _t_interval(v) for k, v in sorted(skews.items())},
         }
     return out
+
+
+def summary_result(summary: Mapping[str, Any], *, root: str | Path | None = None) -> Any:
+    """The :func:`summarise_distill` summary as a :class:`~trustnlp.results.Result` of kind ``distill``
+    (``metrics.role = "summary"``) for the report: ``metrics`` hold the summary and the headline of
+    each mitigation as scalars; ``rows`` one row per mitigation (mean and 95% t-interval bounds of the
+    headline, its paired relative change, and the other metrics' means)."""
+    from trustnlp.results import Result
+
+    rows: list[dict[str, Any]] = []
+    flat: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    for name, m in summary["mitigations"].items():
+        row: dict[str, Any] = {"mitigation": name, "n_seeds": len(m["seeds"])}
+        for key, t in (("gender_disparity", m["gender_disparity"]),
+                       ("relative_change", m["relative_change_vs_baseline"]),
+                       ("relative_perplexity_increase", m["relative_perplexity_increase"])):
+            row[key] = t["mean"]
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = t["ci95"] if t["ci95"] else (None, None)
+            flat[f"{name}_{key}"] = t["mean"]
+        for key in SUMMARY_METRICS:
+            if key != "gender_disparity":
+                row[key] = m["metrics"][key]["value"]["mean"]
+        rows.append(row)
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            if v is None:
+                reasons[f"rows[{i}].{k}"] = ("fewer than 2 seeds (no interval)" if "_ci_" in k
+                                             else "no value (no paired baseline seed, or the metric is null)")
+    for k, v in flat.items():
+        if v is None:
+            reasons[f"metrics.{k}"] = "no value (no paired baseline seed, or the metric is null)"
+    reasons["metrics.gender_disparity"] = ("a summary over mitigations: see metrics.<mitigation>_gender_disparity, "
+                                           "the rows and metrics.mitigations")
+    return Result(kind="distill", config={"role": "summary", "baseline": summary["baseline"],
+                                          "root": str(root) if root is not None else None},
+                  seed=0, data={}, metrics={"role": "summary", "mitigation": "summary over seeds",
+                                            "gender_disparity": None, **flat, "baseline": summary["baseline"],
+                                            "mitigations": summary["mitigations"], "teacher": summary["teacher"]},
+                  rows=rows, null_reasons=reasons)

@@ -734,3 +734,143 @@ def plot_privacy_utility(results: Sequence[Result], names: Sequence[str] = ()) -
 def overview_plots(results: Sequence[Result], names: Sequence[str] = ()) -> list[Plot]:
     """Figures across the results of a report (shown in its overview)."""
     return [p for p in (plot_privacy_utility(results, names),) if p is not None]
+
+
+# -- distillation (trustnlp.fairness.generation) ------------------------------------------------------
+def _distill_err(value: float, ci: Any) -> list[list[float]] | None:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(c) is not None for c in ci):
+        return [[max(0.0, value - float(ci[0]))], [max(0.0, float(ci[1]) - value)]]
+    return None
+
+
+def _distill_profession_label(name: str) -> str:
+    return re.sub(r"_(occupations|specialties|types|branches|personnel|titles)$", "", str(name)).replace("_", " ")
+
+
+def _distill_skew_plot(series: Sequence[tuple[str, Mapping[str, Any]]], what: str) -> Plot | None:
+    """Dots: each profession's signed skew, one colour per series (``[(label, {profession: skew})]``)."""
+    professions = sorted({p for _, skews in series for p, v in skews.items() if _number(v) is not None})
+    if not professions:
+        return None
+    fig, (ax,) = make_figure(1)
+    width = 0.8 / max(1, len(series))
+    words = []
+    for j, (label, skews) in enumerate(series):
+        xs = [i - 0.4 + width * (j + 0.5) for i, p in enumerate(professions) if _number(skews.get(p)) is not None]
+        ys = [float(skews[p]) for p in professions if _number(skews.get(p)) is not None]
+        ax.plot(xs, ys, linestyle="none", marker="o", markersize=3.5, color=f"C{j}", label=label)
+        words.append(f"{label}: " + ", ".join(f"{_distill_profession_label(p)} {float(skews[p]):+.2f}"
+                                              for p in professions if _number(skews.get(p)) is not None))
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(professions)), [_distill_profession_label(p) for p in professions], rotation=60,
+                  ha="right", fontsize=max(4, 8 - len(professions) // 6))
+    ax.set_ylabel("skew (> 0: male-leaning)")
+    top = max(abs(float(v)) for _, skews in series for v in skews.values() if _number(v) is not None)
+    ax.set_ylim(-min(1.05, max(0.25, 1.2 * top)), min(1.05, max(0.25, 1.2 * top)))
+    ax.legend(loc="best", fontsize=6, ncols=min(4, len(series)))
+    return Plot("profession-skew", fig, alt=f"Gender polarity skew per profession ({what}); " + "; ".join(words) + ".",
+                caption="Skew = (male-leaning - female-leaning continuations) / continuations, per profession "
+                        "(gender-neutral prompts); 0 is balanced.")
+
+
+def _plot_distill_summary(m: Mapping[str, Any]) -> list[Plot]:
+    mits = m.get("mitigations") if isinstance(m.get("mitigations"), Mapping) else {}
+    names = [n for n, v in mits.items() if isinstance(v, Mapping)]
+    if not names:
+        return []
+    teacher = m.get("teacher") if isinstance(m.get("teacher"), Mapping) else {}
+    fig, (left, right) = make_figure(2)
+    words, change_words = [], []
+    for i, n in enumerate(names):
+        t = mits[n].get("gender_disparity") or {}
+        v = _number(t.get("mean"))
+        if v is None:
+            continue
+        left.bar(i, v, color=f"C{i}", yerr=_distill_err(v, t.get("ci95")), capsize=3)
+        floor = ((mits[n].get("metrics") or {}).get("gender_disparity_null") or {}).get("value") or {}
+        null = _number(floor.get("mean"))
+        if null is not None:
+            left.plot([i - 0.4, i + 0.4], [null, null], color="black", linestyle=":", linewidth=1)
+        words.append(f"{n} {v:.3f}" + (f" [{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}]" if t.get("ci95") else ""))
+        for j, (key, label) in enumerate((("relative_change_vs_baseline", "disparity"),
+                                          ("relative_perplexity_increase", "perplexity"))):
+            r = mits[n].get(key) or {}
+            rv = _number(r.get("mean"))
+            if rv is None:
+                continue
+            ci = [100 * c for c in r["ci95"]] if r.get("ci95") else None
+            right.bar(i + (j - 0.5) * 0.4, 100 * rv, width=0.4, color=f"C{i}", alpha=1.0 if j == 0 else 0.45,
+                      hatch="" if j == 0 else "//", yerr=_distill_err(100 * rv, ci), capsize=2)
+            change_words.append(f"{n} {label} {100 * rv:+.1f}%")
+    tv = _number(teacher.get("gender_disparity"))
+    if tv is not None:
+        left.axhline(tv, color="grey", linestyle="--", linewidth=1, label=f"teacher {tv:.3f}")
+        left.legend(loc="best", fontsize=7)
+    left.set_xticks(range(len(names)), names, fontsize=8)
+    left.set_ylabel("gender polarity disparity")
+    right.set_xticks(range(len(names)), names, fontsize=8)
+    right.axhline(0, color="grey", linewidth=0.8)
+    right.set_ylabel(f"change vs {m.get('baseline', 'none')} (%)")
+    out = [Plot("disparity", fig, alt="Gender polarity disparity per mitigation (mean over seeds, 95% t-interval): "
+                + ", ".join(words) + (f"; teacher {tv:.3f}" if tv is not None else "")
+                + ". Paired change vs the baseline: " + (", ".join(change_words) or "none") + ".",
+                caption="Left: mean over professions of |skew| on gender-neutral profession prompts; whiskers: 95% "
+                        "Student-t interval over seeds; dotted: the sign-flip noise floor; dashed: the teacher. Right: "
+                        "change vs the plain student paired by seed (solid: disparity, hatched: perplexity).")]
+    skews = [(n, {p: (v or {}).get("mean") for p, v in (mits[n].get("profession_skew") or {}).items()}) for n in names]
+    p = _distill_skew_plot(skews, "mean over seeds")
+    if p is not None:
+        out.append(p)
+    return out
+
+
+def _plot_distill_run(result: Result) -> list[Plot]:
+    m = result.metrics
+    cfg = result.config if isinstance(result.config, Mapping) else {}
+    label = f"student ({m.get('mitigation') or cfg.get('mitigation', '?')})"
+    sides = [(label, ""), ("teacher", "teacher_")]
+    fig, (left, right) = make_figure(2)
+    words = []
+    for i, (name, pre) in enumerate(sides):
+        for ax, key in ((left, "gender_disparity"), (right, "gender_polarity_skew")):
+            v = _number(m.get(f"{pre}{key}"))
+            if v is None:
+                continue
+            ax.bar(i, v, color=f"C{i}", yerr=_distill_err(v, m.get(f"{pre}{key}_ci95")), capsize=3)
+            words.append(f"{name} {key} {v:+.3f}")
+        null = _number(m.get(f"{pre}gender_disparity_null"))
+        if null is not None:
+            left.plot([i - 0.4, i + 0.4], [null, null], color="black", linestyle=":", linewidth=1)
+    if not words:
+        return []
+    for ax, ylabel in ((left, "gender polarity disparity"), (right, "signed skew (> 0: male)")):
+        ax.set_xticks(range(len(sides)), [s for s, _ in sides], fontsize=8)
+        ax.set_ylabel(ylabel)
+    right.axhline(0, color="grey", linewidth=0.8)
+    out = [Plot("disparity", fig, alt="Gender polarity of continuations of gender-neutral profession prompts: "
+                + ", ".join(words) + f"; gendered share {_number(m.get('gendered_share')) or 0:.2f}.",
+                caption="Left: mean over professions of |skew|; right: mean signed skew; whiskers: 95% percentile "
+                        "bootstrap intervals (continuations resampled within professions); dotted: the sign-flip "
+                        "noise floor.")]
+    series = []
+    for name, pre in sides:
+        pol = m.get(f"{pre}profession_polarity")
+        if isinstance(pol, Mapping):
+            series.append((name, {p: v.get("skew") for p, v in pol.items() if isinstance(v, Mapping)}))
+    p = _distill_skew_plot(series, "one run")
+    if p is not None:
+        out.append(p)
+    return out
+
+
+@register_plotter("distill")
+def plot_distill(result: Result) -> list[Plot]:
+    """Counterfactual role-reversal distillation (:mod:`trustnlp.fairness.generation`). A sweep summary
+    (``metrics.role == "summary"``, :func:`~trustnlp.fairness.generation.summary_result`): the gender
+    polarity disparity per mitigation (mean over seeds, 95% t-interval, noise floor, teacher) with the
+    paired change vs the plain student, and each profession's skew per mitigation. One run: the
+    student's and the teacher's disparity and signed skew with bootstrap intervals, and their skew per
+    profession."""
+    if result.metrics.get("role") == "summary":
+        return _plot_distill_summary(result.metrics)
+    return _plot_distill_run(result)
