@@ -74,6 +74,7 @@ names and every key starting with ``secret``."""
 MISSING = "—"
 NON_PRIVATE = "∞ (non-private)"
 MAX_TABLE_ROWS = 200
+ROWS_OPEN = frozenset({"distill"})  # kinds whose rows (generated examples) are shown unfolded next to figures
 MAX_CELL_CHARS = 160  # longer cells of the rows table are cut (full text in the tooltip when short enough)
 RESULTS_NAME = "results.json"
 # headline column -> metric keys tried in order
@@ -685,7 +686,9 @@ def _section(path: Path, name: str, slug: str, result: Result, out: Path, show_s
         "metrics": _scalar_table(metrics, reasons, "metrics"),
         "structured": json.dumps(structured, indent=2, ensure_ascii=False) if structured else "",
         "figures": figures, "figure_files": files, "errors": errors,
-        "rows_table": _rows_table(shown.rows, reasons) if not figures else None,
+        # rows always shown; folded when the figures above already plot them, open for example rows (distill)
+        "rows_table": _rows_table(shown.rows, reasons),
+        "rows_folded": bool(figures) and result.kind not in ROWS_OPEN,
         "config": json.dumps(shown.config, indent=2, ensure_ascii=False),
         "versions": [{"key": k, "value": format_value(v)} for k, v in shown.versions.items()],
         "datasets": _datasets(shown.data),
