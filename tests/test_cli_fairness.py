@@ -37,5 +37,11 @@ def test_distill_cli_runs_a_mitigated_student_from_a_config(tmp_path, run_cli) -
     res = read_result(out / "results.json")
     assert res.kind == "distill" and res.seed == 3 and res.config["mitigation"] == "perturb"
     assert res.config["student"] == "tiny" and res.metrics["perplexity"] > 1
+    out_text = " ".join(proc.stdout.split())  # the summary prints every headline metric the run has
+    shown = [k for k in ("gender_disparity", "gender_disparity_null", "sentiment_disparity", "perplexity")
+             if res.metrics.get(k) is not None]
+    assert "perplexity" in shown and all(k in out_text for k in shown)
+    if res.metrics.get("gender_disparity") is None:
+        assert res.null_reasons["metrics.gender_disparity"]  # no profession prompts in this tiny corpus: said why
     proc = run_cli("distill", "--mitigation", "bogus", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "mitigation" in proc.stderr

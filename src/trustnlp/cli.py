@@ -1,17 +1,26 @@
 """The `trustnlp` command line (typer).
 
 One vocabulary of options for every command: ``--data``, ``--task``, ``--model``, ``--out``,
-``--seed`` (and, as privacy lands, ``--epsilon`` / ``--epsilons``). Errors trustnlp raises on
-purpose are printed as one clear message (exit code 2), never as a traceback.
+``--seed``, ``--epsilon`` (one target) and ``--epsilons`` (a comma-separated list, ``inf`` =
+non-private). Every command's ``--help`` has a paragraph on what it does and an ``Examples:``
+epilog of runnable command lines (``tests/test_cli_consistency.py`` parses each one).
+
+Errors are one line on stderr with exit code 2, never a traceback: an unknown option or a value of
+the wrong type (click's usage errors), a value the configuration rejects (pydantic, rendered with the
+option's name), ``--out`` naming an existing file, and every error trustnlp raises on purpose
+(:class:`trustnlp.errors.TrustNLPError`).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -19,11 +28,23 @@ from rich.table import Table
 
 from trustnlp.errors import TrustNLPError
 
-__all__ = ["app", "main"]
+__all__ = ["SHARED_OPTIONS", "app", "format_options_error", "main"]
+
+#: The shared option vocabulary: every command that has the concept uses exactly this spelling.
+SHARED_OPTIONS = ("--data", "--task", "--model", "--out", "--seed", "--epsilon", "--epsilons")
+
+
+def _examples(*lines: str) -> str:
+    """The ``Examples:`` epilog of a command: one runnable command line per paragraph (typer's rich help
+    joins the lines of a paragraph, so each example stays one line)."""
+    return "\n\n".join(["Examples:", *lines])
+
 
 app = typer.Typer(
     name="trustnlp",
     help="Trustworthy NLP: private training, privacy audits, federated learning and fairness for text models.",
+    epilog=_examples("trustnlp demo --out runs/demo", "trustnlp train --data assistant --dp --epsilon 3 --out runs/dp",
+                     "trustnlp report runs/ --out runs/report"),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -39,7 +60,17 @@ DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Where named 
 TaskOpt = Annotated[str, typer.Option("--task", help="classify | tag (intent + slots) | lm")]
 ModelOpt = Annotated[str, typer.Option("--model", help="bag | cnn | lstm | transformer | minilm | joint | lm, "
                                        "or a saved model directory.")]
-OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (results.json, model/, figures).")]
+
+
+def _out_dir(value: Path | None) -> Path | None:
+    """``--out`` callback: the output directory may be missing (it is created) but must not be a file."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"expected a directory (created if missing), but {str(value)!r} is an existing file.")
+    return value
+
+
+OutOpt = Annotated[Path, typer.Option("--out", callback=_out_dir,
+                                      help="Output directory (results.json, model/, figures); created if missing.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; recorded in the results.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/JSON config file; CLI options override it.")]
 EpsilonOpt = Annotated[float | None, typer.Option("--epsilon", help="Target epsilon of one private run (with --dp).")]
@@ -47,9 +78,32 @@ CorpusSizeOpt = Annotated[int | None, typer.Option("--corpus-size", help="Built-
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
+def _error(message: str) -> None:
+    """Print ``error: message`` on stderr, unwrapped (one line for a one-line message)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    _error(_escape(message))
     raise typer.Exit(code=2)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _command(*examples: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command whose help is its docstring (paragraphs re-flowed so the terminal wraps them)
+    with an ``Examples:`` epilog of 1-3 runnable command lines."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        paragraphs = inspect.cleandoc(fn.__doc__ or "").split("\n\n")
+        text = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+        return app.command(help=text, epilog=_examples(*examples), **kwargs)(fn)
+
+    return register
 
 
 def _summary(title: str, metrics: dict[str, Any], keys: list[str]) -> None:
@@ -63,7 +117,9 @@ def _summary(title: str, metrics: dict[str, Any], keys: list[str]) -> None:
     console.print(table)
 
 
-@app.command()
+@_command("trustnlp train --data assistant --model bag --epochs 3 --out runs/train",
+          "trustnlp train --data assistant --dp --epsilon 3 --out runs/train-dp",
+          "trustnlp train --data clinc150 --model cnn --seed 1 --out runs/clinc-cnn")
 def train(
     data: DataOpt = "assistant",
     task: TaskOpt = "classify",
@@ -104,7 +160,15 @@ def train(
                                                   "(autocast; weights stay float32)")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a model; write OUT/results.json and OUT/model/ (safetensors + JSON)."""
+    """Train a model; write OUT/results.json and OUT/model/ (safetensors + JSON).
+
+    Trains --model on --data (a named data set, or your own CSV/JSONL file or folder) for --task with the
+    one training loop: exact resume (the same command again continues from its checkpoint in OUT), a memory
+    guard and a progress bar. With --dp it trains with DP-SGD (per-example clipping, Poisson sampling)
+    and calibrates the noise so the run spends at most --epsilon; results record the epsilon spent,
+    delta and the accounting (docs/privacy.md). OUT/results.json holds the metrics and one row per
+    epoch (docs/results.md); OUT/model/ is loaded by `evaluate`, `predict` and `fairness --extrinsic`.
+    """
     from trustnlp.config import TrainConfig, load_config
     from trustnlp.pipeline import run_train
 
@@ -152,18 +216,25 @@ def _is_explicit(ctx: Any, name: str) -> bool:
     return src is not None and src != click.core.ParameterSource.DEFAULT
 
 
-@app.command()
+@_command("trustnlp evaluate --model runs/train/model --data assistant --out runs/eval",
+          "trustnlp evaluate --model runs/train/model --split validation")
 def evaluate(
     model: ModelOpt,
     data: DataOpt = "assistant",
-    out: Annotated[Path | None, typer.Option("--out", help="Write OUT/results.json too.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", callback=_out_dir,
+                                             help="Also write OUT/results.json (kind evaluate).")] = None,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
     include_oos: Annotated[bool, typer.Option("--include-oos")] = False,
     corpus_size: CorpusSizeOpt = None,
 ) -> None:
-    """Evaluate a saved model (offline) on a data set's split."""
+    """Evaluate a saved model (offline) on a data set's split.
+
+    Loads the model directory a `train` or `federate` run saved (OUT/model), scores it on --split of
+    --data (the same data set and settings it was trained on, e.g. the same --corpus-size for the
+    built-in corpus) and prints the metrics; with --out it also writes OUT/results.json.
+    """
     from trustnlp.config import DataConfig
     from trustnlp.pipeline import run_evaluate
 
@@ -172,13 +243,19 @@ def evaluate(
     _summary(f"{model} on {data} ({split})", dict(result.metrics), list(result.metrics))
 
 
-@app.command()
+@_command('trustnlp predict --model runs/train/model "set an alarm for seven am"',
+          'trustnlp predict --model runs/train/model --top-k 5 "weather in paris"')
 def predict(
     texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
     model: ModelOpt = "runs/train/model",
     top_k: Annotated[int, typer.Option(help="How many labels to show.")] = 3,
 ) -> None:
-    """Predict labels for texts with a saved model (offline)."""
+    """Predict labels for texts with a saved model (offline).
+
+    Prints one tab-separated line per text: the predicted label, its probability, the text and the
+    --top-k most likely labels with their probabilities. Writes nothing, so it takes neither --out
+    nor --seed.
+    """
     from trustnlp.pipeline import predict as _predict
 
     for p in _predict(model, texts, top_k=top_k):
@@ -186,7 +263,9 @@ def predict(
         typer.echo(f"{p.label}\t{p.probability:.3f}\t{p.text}\t[{tops}]")  # tab-separated: easy to parse
 
 
-@app.command()
+@_command("trustnlp audit --epsilons 1,8,inf --shadows 4 --epochs 2 --out runs/audit",
+          "trustnlp audit --data clinc150 --model bag --shadows 16 --out runs/audit-clinc",
+          "trustnlp audit --config examples/audit/clinc150-bag.yaml --out runs/audit")
 def audit(
     data: DataOpt = "assistant",
     model: ModelOpt = "bag",
@@ -215,10 +294,19 @@ def audit(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Membership-inference audit at several epsilons: LiRA with shadow models, empirical epsilon lower bounds."""
+    """Membership-inference audit at several epsilons: LiRA with shadow models, empirical epsilon lower bounds.
+
+    For every epsilon of --epsilons (inf: non-private) it trains a target model and --shadows shadow
+    models with DP-SGD on random halves of the population, attacks the target (LiRA by default) and
+    reports the attack's AUC, its TPR at 0.1% and 1% FPR with Clopper-Pearson intervals, and two
+    empirical lower bounds on epsilon. A bound above the claimed epsilon means the privacy guarantee is
+    broken: the row is recorded and the command fails. Models and scores are kept in OUT, so the same
+    command again reuses them (docs/audit.md).
+    """
     from trustnlp.config import load_config
     from trustnlp.privacy.audit_study import AuditConfig, run_audit
 
+    _floats("epsilons", epsilons, allow=("none", "null"))  # the one-line error of privatize/extract
     given = {"data": data, "model": model, "epsilons": epsilons, "shadows": shadows, "seed": seed,
              "data_dir": data_dir, "attack": attack, "epochs": epochs, "max_steps": max_steps,
              "batch_size": batch_size, "lr": lr, "delta": delta, "population_size": population_size,
@@ -245,15 +333,17 @@ def audit(
     console.print(f"Spearman(epsilon, AUC) = {'—' if rho is None else f'{rho:.3f}'}   Results: {out / 'results.json'}")
 
 
-def _floats(name: str, text: str) -> list[float]:
+def _floats(name: str, text: str, allow: tuple[str, ...] = ()) -> list[float]:
+    """The comma-separated numbers of option ``name`` (words in ``allow`` are skipped), or a one-line error."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in text.split(",") if x.strip() and x.strip().lower() not in allow]
     except ValueError:
         _fail(f"Expected `{name}` to be comma-separated numbers, but got {text!r}.")
         raise
 
 
-@app.command()
+@_command("trustnlp privatize --epsilons 45,90 --mechanisms euclidean --out runs/priv",
+          "trustnlp privatize --data clinc150 --model bag --out runs/privatize-clinc")
 def privatize(
     data: DataOpt = "assistant",
     mechanisms: Annotated[str, typer.Option(help="Comma-separated: euclidean (Feyisetan et al. 2020) | "
@@ -271,7 +361,14 @@ def privatize(
     include_oos: Annotated[bool, typer.Option("--include-oos", help="CLINC150: add the out-of-scope class.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Rewrite text with metric-DP word replacement, then train a classifier on it (clean test split)."""
+    """Rewrite text with metric-DP word replacement, then train a classifier on it (clean test split).
+
+    Each mechanism x epsilon rewrites every training text word by word: a word's public MiniLM embedding
+    plus calibrated noise, replaced by the nearest vocabulary word (metric DP: epsilon per unit of
+    embedding distance, so useful values are tens to hundreds). It then trains --model on the rewritten
+    text and scores it on the clean test split; one row per setting plus a non-private baseline
+    (docs/text_privacy.md).
+    """
     from trustnlp.config import load_config
     from trustnlp.privacy.text import PrivatizeConfig, run_privatize
 
@@ -303,7 +400,8 @@ def _ints(name: str, text: str) -> list[int]:
         raise
 
 
-@app.command()
+@_command("trustnlp extract --repetitions 1,10 --epsilons 8,inf --out runs/extract",
+          "trustnlp extract --model bag --secret words --epochs 2 --out runs/words")
 def extract(
     data: DataOpt = "assistant",
     model: Annotated[str, typer.Option("--model", help="Comma-separated: bag | cnn | lstm | transformer | minilm.")]
@@ -325,7 +423,14 @@ def extract(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """White-box canary extraction (model inversion) per model x repetitions x epsilon."""
+    """White-box canary extraction (model inversion) per model x repetitions x epsilon.
+
+    Plants canaries (a template with a secret slot, e.g. a 4-digit code) r times each in the training
+    data, trains every --model at every epsilon of --epsilons (inf: non-private), then recovers the
+    secrets by a relaxed white-box inversion of the model. Reports the exact extraction rate with its
+    interval against chance, token accuracy, the secret's rank and exposure, and the group epsilon
+    r x epsilon that actually protects a repeated secret (docs/extraction.md).
+    """
     from trustnlp.config import load_config
     from trustnlp.privacy.extraction_study import ExtractConfig, run_extract
 
@@ -354,7 +459,9 @@ def extract(
     console.print(f"Results: {out / 'results.json'}")
 
 
-@app.command()
+@_command("trustnlp fairness --model minilm --tests weat,seat --out runs/fairness",
+          "trustnlp fairness --tests weat --names flowers-insects --out runs/weat",
+          "trustnlp fairness --model runs/train/model --extrinsic --data assistant")
 def fairness(
     model: Annotated[str, typer.Option("--model", help="minilm, a saved trustnlp model directory, or a Hugging "
                                        "Face encoder.")] = "minilm",
@@ -374,7 +481,13 @@ def fairness(
     out: OutOpt = Path("runs/fairness"),
     seed: SeedOpt = 0,
 ) -> None:
-    """Bias of a representation (WEAT/SEAT/CEAT/CrowS) and of a classifier's predictions (--extrinsic)."""
+    """Bias of a representation (WEAT/SEAT/CEAT/CrowS) and of a classifier's predictions (--extrinsic).
+
+    Intrinsic tests (--tests) measure associations in the sentence embeddings of --model: effect sizes
+    with permutation p-values (WEAT/SEAT), their distribution over contexts (CEAT) and a masked-LM
+    preference for stereotypes (CrowS-Pairs). With --extrinsic it also scores a saved classifier on
+    --data by group: rate gaps, AUC-based bias and counterfactual token fairness (docs/fairness.md).
+    """
     from trustnlp.config import DataConfig
     from trustnlp.fairness.study import run_fairness
 
@@ -399,7 +512,9 @@ def fairness(
     console.print(f"Results: {out / 'results.json'}")
 
 
-@app.command()
+@_command("trustnlp federate --partition dirichlet:0.5 --rounds 20 --out runs/federate",
+          "trustnlp federate --algorithm fedprox --mu 0.01 --out runs/fedprox",
+          "trustnlp federate --partition user --client-dp --epsilon 8 --out runs/fed-dp")
 def federate(
     data: DataOpt = "assistant",
     task: TaskOpt = "classify",
@@ -453,7 +568,14 @@ def federate(
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Federated training on simulated devices that keep their text; per-round metrics and the model."""
+    """Federated training on simulated devices that keep their text; per-round metrics and the model.
+
+    Splits --data over clients by --partition (iid, label skew, quantity skew, one client per user),
+    then every round selects clients (--selection), trains each locally from the global model and
+    aggregates the updates with --algorithm (FedAvg, FedProx, FedOpt). Options add client-level DP
+    (--client-dp with --epsilon), secure aggregation, robust aggregation with fault injection and
+    continual data. Writes one row per round, OUT/partition.json and OUT/model/ (docs/federated.md).
+    """
     from trustnlp.config import load_config
     from trustnlp.federated.config import FederatedConfig
     from trustnlp.federated.study import run_federated
@@ -480,7 +602,8 @@ def federate(
     console.print(f"Results: {out / 'results.json'}")
 
 
-@app.command()
+@_command("trustnlp cda --data assistant --mode two-sided --out runs/cda",
+          "trustnlp cda --mode one-sided --seed 1 --out runs/cda-one-sided")
 def cda(
     data: DataOpt = "assistant",
     mode: Annotated[str, typer.Option(help="two-sided (add the gender-swapped copy of every gendered text) | "
@@ -496,7 +619,10 @@ def cda(
 ) -> None:
     """Counterfactual data augmentation of a training split (gender swaps); writes train_cda.jsonl.
 
-    Example: trustnlp cda --data assistant --mode two-sided --out runs/cda
+    Every gendered word of the training texts of --data is swapped with its counterpart (he/she,
+    his/her, man/woman, ...), either adding the swapped copy (two-sided) or replacing the text by it
+    with probability 1/2 (one-sided). Writes OUT/train_cda.jsonl (the augmented training split) and
+    OUT/results.json with the counts and the swap accuracy on a gold set (docs/fairness.md).
     """
     from trustnlp.config import load_config
     from trustnlp.fairness.mitigation import CDAConfig, run_cda
@@ -513,7 +639,8 @@ def cda(
     console.print(f"Augmented training set: {out / 'train_cda.jsonl'}   results: {out / 'results.json'}")
 
 
-@app.command()
+@_command("trustnlp distill --mitigation both --student-config small --out runs/distill",
+          "trustnlp distill --mitigation none --student-config tiny --out runs/distill-0")
 def distill(
     teacher: Annotated[str, typer.Option(help="local (trained here on BOLD + the built-in corpus) | gpt2 | hf:NAME | "
                                          "a saved trustnlp lm directory")] = "local",
@@ -528,10 +655,13 @@ def distill(
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Distil a causal LM into a smaller student, optionally with counterfactual role reversal; score gender
-    disparity of its generations and its perplexity.
+    """Distil a causal LM into a smaller student and score the gender disparity of its generations.
 
-    Example: trustnlp distill --teacher local --student-config small --mitigation both --out runs/distill
+    Trains a student language model on the teacher's next-token distributions, optionally with
+    counterfactual role reversal (--mitigation cda: gender-swapped training text; perturb: the teacher's
+    distributions over swapped contexts combined by --combine; both). Then scores the student's
+    generations: the gender polarity disparity of continuations of gender-neutral profession prompts
+    (with a bootstrap interval), and its perplexity (docs/fairness.md).
     """
     from trustnlp.config import load_config
     from trustnlp.fairness.generation import DistillConfig, run_distill
@@ -545,27 +675,41 @@ def distill(
                 if v is not None and (config is None or k == "progress" or _is_explicit(ctx, names.get(k, k)))}
     cfg = load_config(config, DistillConfig, **explicit) if config is not None else DistillConfig(**explicit)
     result = run_distill(cfg, out)
-    keys = [k for k in ("gender_disparity", "gender_disparity_ci_low", "gender_disparity_ci_high", "perplexity",
-                        "kl_to_teacher") if k in result.metrics]
-    _summary(f"distill: {cfg.mitigation}", result.metrics, keys)
+    shown = dict(result.metrics)
+    ci = shown.get("gender_disparity_ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        shown["gender_disparity_ci95_low"], shown["gender_disparity_ci95_high"] = ci
+    keys = [k for k in ("gender_disparity", "gender_disparity_ci95_low", "gender_disparity_ci95_high",
+                        "gender_disparity_null", "gender_polarity_skew", "gendered_share", "sentiment_disparity",
+                        "perplexity", "kl_to_teacher") if shown.get(k) is not None]
+    _summary(f"distill: {cfg.mitigation}", shown, keys)
     console.print(f"Results: {out / 'results.json'}")
 
 
-@app.command()
+@_command("trustnlp report runs/ --out runs/report",
+          'trustnlp report runs/audit runs/federate --title "privacy" --out runs/rep')
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Results files or directories (searched for results.json).")],
     out: OutOpt = Path("runs/report"),
     title: Annotated[str, typer.Option(help="Report title.")] = "trustnlp report",
     show_secrets: Annotated[bool, typer.Option("--show-secrets", help="Do not redact secrets.")] = False,
 ) -> None:
-    """Render every result found into OUT/report.html (figures embedded and saved as files)."""
+    """Render every result found into OUT/report.html (figures embedded and saved as files).
+
+    Searches the given files and folders for results.json files, and renders one self-contained HTML
+    page: an overview (with the privacy-utility plot when there are private and non-private runs), then
+    per result its configuration, data provenance, metrics and plots; the plots are also written to
+    OUT/figures/ as PNG and SVG. Canary secrets are redacted unless --show-secrets. Rendering makes no
+    random choice, so it takes no --seed.
+    """
     from trustnlp.report import render_report
 
     rep = render_report(paths, out, title=title, show_secrets=show_secrets)
     console.print(f"Report: {rep.html_path} ({len(rep.results)} result(s), {len(rep.figures)} figure file(s))")
 
 
-@app.command()
+@_command("trustnlp demo --out runs/demo",
+          "trustnlp demo --corpus-size 1000 --quiet --out runs/demo-small")
 def demo(
     out: OutOpt = Path("runs/demo"),
     seed: SeedOpt = 0,
@@ -576,27 +720,84 @@ def demo(
                                                 "{name, options, budget} to override a stage's options.")] = None,
     corpus_size: CorpusSizeOpt = None,
 ) -> None:
-    """The main job on the built-in assistant corpus: train (private and not), audit, extract, federate,
-    fairness and CDA, each stage with a time budget; one summary table and one report."""
+    """The main job on the built-in assistant corpus, every pillar in one run, with one report.
+
+    Runs train (private and not), audit, extract, federate, fairness and CDA on the generated assistant
+    corpus, each stage with a time budget and its own OUT/<stage>/results.json, then prints one summary
+    table and writes OUT/report.html. --full uses the studies' larger settings; --config picks stages
+    and overrides their options. `make demo` runs this command.
+    """
     from trustnlp.demo import load_demo_config, run_demo
 
     stages = load_demo_config(config, full=full) if config is not None else None
     run_demo(out, seed=seed, progress=not quiet, console=console, corpus_size=corpus_size, stages=stages, full=full)
 
 
+#: Configuration fields whose command-line option has another name.
+_FIELD_OPTIONS = {"models": "model", "student": "student_config"}
+
+
+def _option_names(argv: list[str]) -> dict[str, str]:
+    """``{parameter name: --option}`` of the subcommand ``argv`` invokes (empty when there is none)."""
+    group = typer.main.get_command(app)
+    name = next((a for a in argv if not a.startswith("-")), None)
+    command = getattr(group, "commands", {}).get(name) if name else None
+    if command is None:
+        return {}
+    return {p.name: p.opts[0] for p in command.params if isinstance(p, click.Option) and p.name and p.opts}
+
+
+def format_options_error(err: ValidationError, argv: list[str]) -> str:
+    """One line for a configuration the options built and pydantic rejected, naming each field by the
+    option that sets it (``--epsilon``, ``--epsilons (item 2)``), in the house phrasing."""
+    options = _option_names(argv)
+    parts = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if not loc:  # a rule across several fields
+            parts.append(msg.rstrip(".") + ".")
+            continue
+        field = _FIELD_OPTIONS.get(loc[0], loc[0])
+        name = options.get(field, ".".join(loc))
+        if field in options and len(loc) > 1:
+            name += " (item " + ", ".join(str(int(x) + 1) if x.isdigit() else x for x in loc[1:]) + ")"
+        parts.append(f"Expected `{name}` to satisfy: {msg}, but got {e.get('input')!r}.")
+    return "Invalid options: " + " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning trustnlp's own errors into one clear message."""
+    """Entry point: run the app; every error a user can cause is one line on stderr and exit code 2.
+
+    Usage errors (unknown option, missing or badly typed value: click), rejected configurations (pydantic)
+    and trustnlp's own errors are turned into ``error: <message>`` without a traceback; anything else is
+    a bug and keeps its traceback.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=args, prog_name="trustnlp", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # the help was printed already
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        where = f"{e.ctx.command_path}: " if e.ctx is not None and e.ctx.command_path != "trustnlp" else ""
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        _error(_escape(where + " ".join(e.format_message().split()) + hint))
+        sys.exit(2)
+    except click.ClickException as e:
+        _error(_escape(e.format_message()))
+        sys.exit(e.exit_code)
+    except click.Abort:
+        _error("aborted.")
+        sys.exit(1)
     except TrustNLPError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        _error(_escape(str(e)))
         sys.exit(2)
     except ValidationError as e:
-        from trustnlp.config import format_validation_error
-
-        err_console.print(f"[bold red]error:[/] {format_validation_error(e, 'options')}", highlight=False)
+        _error(_escape(format_options_error(e, args)))
         sys.exit(2)
+    if isinstance(code, int) and code != 0:  # typer.Exit(code) from a command, e.g. _fail
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
