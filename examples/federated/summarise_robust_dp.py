@@ -26,6 +26,17 @@ def _mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else math.nan
 
 
+def _t95(xs: list[float]) -> list[float] | None:
+    """95% Student-t interval of the mean (None below two values)."""
+    if len(xs) < 2:
+        return None
+    from scipy import stats
+
+    m, se = float(np.mean(xs)), float(np.std(xs, ddof=1) / math.sqrt(len(xs)))
+    h = float(stats.t.ppf(0.975, len(xs) - 1)) * se
+    return [m - h, m + h]
+
+
 def summarise(out: Path) -> dict[str, Any]:
     robust: dict[tuple[str, str], list[Any]] = {}
     for p in sorted(out.glob("robust/*/*/seed-*/results.json")):
@@ -43,6 +54,8 @@ def summarise(out: Path) -> dict[str, Any]:
         rows.append({"fault": fault, "rule": rule, "accuracy": _mean(list(acc.values())), "seeds": sorted(acc),
                      # differences paired by seed (same partition, initialisation and faulty clients)
                      "vs_same_rule_fault_free": _mean([acc[s] - same[s] for s in acc if s in same]),
+                     "vs_same_rule_fault_free_ci95": _t95([acc[s] - same[s] for s in acc if s in same]),
+                     "vs_same_rule_fault_free_worst": min([acc[s] - same[s] for s in acc if s in same], default=math.nan),
                      "vs_fedavg_fault_free": _mean([acc[s] - fedavg[s] for s in acc if s in fedavg]),
                      "rejected_updates": int(sum(r.metrics.get("rejected_updates", 0) for r in rs)),
                      "finite_model": all(isinstance(r.metrics.get("test_loss"), (int, float))
@@ -59,9 +72,15 @@ def summarise(out: Path) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     lines = ["# Robust aggregation and client-level DP", ""]
     if rows:
-        lines += ["| fault (20% of clients) | rule | seeds | test accuracy | vs same rule, no faults | vs FedAvg, no faults | "
-                  "rejected updates | model finite |", "|---|---|---|---:|---:|---:|---:|---|"]
-        lines += [f"| {r['fault']} | {r['rule']} | {len(r['seeds'])} | {r['accuracy']:.3f} | {r['vs_same_rule_fault_free']:+.3f} | "
+        def ci(v: list[float] | None) -> str:
+            return f" [{v[0]:+.3f}, {v[1]:+.3f}]" if v else ""
+
+        lines += ["| fault (20% of clients) | rule | seeds | test accuracy | vs same rule, no faults (95% t-CI) | "
+                  "worst seed | vs FedAvg, no faults | rejected updates | model finite |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {r['fault']} | {r['rule']} | {len(r['seeds'])} | {r['accuracy']:.3f} | "
+                  f"{r['vs_same_rule_fault_free']:+.3f}{ci(r['vs_same_rule_fault_free_ci95'])} | "
+                  f"{r['vs_same_rule_fault_free_worst']:+.3f} | "
                   f"{r['vs_fedavg_fault_free']:+.3f} | {r['rejected_updates']} | {r['finite_model']} |" for r in rows]
         lines.append("")
     if dp:

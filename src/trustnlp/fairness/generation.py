@@ -455,6 +455,15 @@ def _bold_folder(directory: str | Path | None, data_dir: str | Path | None = Non
     return found[0] if found else None
 
 
+def _require_bold(directory: str | Path | None, data_dir: str | Path | None, needed: str) -> Path:
+    """The BOLD folder, or a DataError naming the file that was looked for and where."""
+    folder = _bold_folder(directory, data_dir)
+    if folder is None:
+        raise DataError(f"BOLD not found: expected bold/{needed} under ../shared/data "
+                        "(or $TRUSTNLP_DATA_DIR, or `data_dir`).")
+    return folder
+
+
 def load_bold_gender(directory: str | Path | None = None, *, data_dir: str | Path | None = None
                      ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, list[str]]], dict[str, str]]:
     """BOLD's gender domain: ``(wikipedia, prompts, files)``, each ``{group: {person: [text, ...]}}``.
@@ -466,10 +475,7 @@ def load_bold_gender(directory: str | Path | None = None, *, data_dir: str | Pat
     """
     from trustnlp.data.dataset import file_sha256
 
-    folder = _bold_folder(directory, data_dir)
-    if folder is None:
-        raise DataError("BOLD not found: expected bold/wikipedia/gender_wiki.json under ../shared/data "
-                        "(or $TRUSTNLP_DATA_DIR, or `data_dir`).")
+    folder = _require_bold(directory, data_dir, "wikipedia/gender_wiki.json")
     out: list[dict[str, dict[str, list[str]]]] = []
     files: dict[str, str] = {}
     for path in (folder / "wikipedia" / "gender_wiki.json", folder / "prompts" / "gender_prompt.json"):
@@ -569,10 +575,7 @@ def load_bold_professions(directory: str | Path | None = None, *, data_dir: str 
     """
     from trustnlp.data.dataset import file_sha256
 
-    folder = _bold_folder(directory, data_dir)
-    if folder is None:
-        raise DataError("BOLD not found: expected bold/prompts/profession_prompt.json under ../shared/data "
-                        "(or $TRUSTNLP_DATA_DIR, or `data_dir`).")
+    folder = _require_bold(directory, data_dir, "prompts/profession_prompt.json")
     path = folder / "prompts" / "profession_prompt.json"
     data = _read_bold_json(path)
     if not data:
