@@ -3,9 +3,9 @@
 #
 # usage: examples/federated/robust_dp_study.sh [OUT]
 #   settings (environment variables, defaults in brackets):
-#     PARTS ["robust dp"]  SEEDS [0]  THREADS [1]
+#     PARTS ["robust dp"]  SEEDS ["0 1 2"]  THREADS [1]
 #     robust: RULES ["mean median trimmed-mean:0.2 krum:4 multi-krum:4:10"]  FAULTS ["none signflip scale:10 nan"]
-#             ROUNDS [50]  NUM_CLIENTS [100]  CLIENTS_PER_ROUND [20]  FAULTY_FRACTION [0.2]
+#             ROUNDS [50]  NUM_CLIENTS [40]  CLIENTS_PER_ROUND [20]  FAULTY_FRACTION [0.2]
 #     dp:     EPSILONS ["1 8 inf"]  DP_ROUNDS [100]  DP_CLIENTS_PER_ROUND [100]  (partition user: one device per
 #             user, 2,411 users in the default corpus; Poisson client sampling (activity:0), adaptive clipping)
 #   a tiny check: PARTS=robust RULES="mean median" FAULTS="none signflip" ROUNDS=3 \
@@ -19,12 +19,12 @@ cd "$(dirname "$0")/../.."
 [ "${TRUSTNLP_SKIP_SETUP:-0}" = 1 ] || make setup
 OUT=${1:-runs/robust-dp}
 PARTS=${PARTS:-"robust dp"}
-SEEDS=${SEEDS:-0}
+SEEDS=${SEEDS:-"0 1 2"}
 THREADS=${THREADS:-1}
 RULES=${RULES:-"mean median trimmed-mean:0.2 krum:4 multi-krum:4:10"}
 FAULTS=${FAULTS:-"none signflip scale:10 nan"}
 ROUNDS=${ROUNDS:-50}
-NUM_CLIENTS=${NUM_CLIENTS:-100}
+NUM_CLIENTS=${NUM_CLIENTS:-40}  # ~450 utterances per device (README: why not 100)
 CLIENTS_PER_ROUND=${CLIENTS_PER_ROUND:-20}
 FAULTY_FRACTION=${FAULTY_FRACTION:-0.2}
 EPSILONS=${EPSILONS:-"1 8 inf"}
