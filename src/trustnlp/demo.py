@@ -54,15 +54,15 @@ class Stage(NamedTuple):
 
 
 _DP = {"model": "bag", "dp": True, "batch_size": 1024, "epochs": 30, "lr": 0.05, "max_grad_norm": 0.1}
-_FED = {"data": "assistant", "partition": "user", "clients_per_round": 10, "rounds": 30, "tokenizer": "word",
+_FED = {"data": "assistant", "partition": "user", "clients_per_round": 10, "rounds": 100, "tokenizer": "word",
         "eval_every": 10}
 DEMO_STAGES: tuple[Stage, ...] = (
     Stage("bag", "train", {"model": "bag", "epochs": 5}, 60.0),
     Stage("cnn", "train", {"model": "cnn", "epochs": 3}, 240.0),
     Stage("bag-dp-eps8", "train", {**_DP, "epsilon": 8.0}, 90.0),
     Stage("bag-dp-eps1", "train", {**_DP, "epsilon": 1.0}, 90.0),
-    Stage("audit", "audit", {"model": "bag", "epsilons": [8.0, None], "shadows": 4, "attack": "lira-online",
-                             "population_size": 2000, "epochs": 2}, 90.0),
+    Stage("audit", "audit", {"model": "bag", "epsilons": [8.0, None], "shadows": 8, "attack": "lira-online",
+                             "population_size": 2000, "epochs": 5}, 120.0),
     Stage("extract", "extract", {"models": ["cnn"], "repetitions": [10], "epsilons": [8.0, math.inf],
                                  "n_canaries": 20, "tokenizer": "word", "corpus_size": 2000, "epochs": 2}, 120.0),
     Stage("federate-uniform", "federate", {**_FED, "selection": "uniform"}, 60.0),
