@@ -20,7 +20,8 @@
 #
 # usage: examples/fairness/run_distill.sh [OUT]            (default runs/distill)
 #   settings (environment variables, defaults in brackets):
-#     SEEDS [0 1 2]  MITIGATIONS [none cda perturb both]  COMBINE [mean]  EPOCHS [3]  TEACHER_EPOCHS [4]
+#     SEEDS [0 1 2]  MITIGATIONS [none cda perturb both]  COMBINE [mean]  ALPHA [0.5]  EPOCHS [3]  TEACHER_EPOCHS [4]
+#     TEACHER_DIR [OUT/teacher] (share one teacher between sweeps, e.g. an ALPHA=1 ablation)
 #     BOLD [auto] (auto|require|off)  CORPUS_SIZE [3000]  N_PROMPTS [100]  N_PROFESSION [50]  THREADS [1]
 #     PYTHON [.venv/bin/python]
 #   a smoke check (about 2 minutes): BOLD=auto CORPUS_SIZE=400 EPOCHS=1 TEACHER_EPOCHS=1 SEEDS="0" N_PROMPTS=10 \
@@ -39,7 +40,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"  # a relative OUT is relative to where the script is called from
 cd "$ROOT"
 PY="${PYTHON:-.venv/bin/python}"
-export SEEDS="${SEEDS:-0 1 2}" MITIGATIONS="${MITIGATIONS:-none cda perturb both}" COMBINE="${COMBINE:-mean}"
+export SEEDS="${SEEDS:-0 1 2}" MITIGATIONS="${MITIGATIONS:-none cda perturb both}" COMBINE="${COMBINE:-mean}" ALPHA="${ALPHA:-0.5}"
 export EPOCHS="${EPOCHS:-3}" TEACHER_EPOCHS="${TEACHER_EPOCHS:-4}" BOLD="${BOLD:-auto}"
 export CORPUS_SIZE="${CORPUS_SIZE:-3000}" N_PROMPTS="${N_PROMPTS:-100}" N_PROFESSION="${N_PROFESSION:-50}"
 export THREADS="${THREADS:-1}"
@@ -55,11 +56,11 @@ from trustnlp.results import atomic_write_json, write_result
 
 out = Path(sys.argv[1])
 env = os.environ
-common = dict(teacher="local", teacher_dir=str(out / "teacher"), epochs=int(env["EPOCHS"]),
+common = dict(teacher="local", teacher_dir=env.get("TEACHER_DIR") or str(out / "teacher"), epochs=int(env["EPOCHS"]),
               teacher_epochs=int(env["TEACHER_EPOCHS"]), bold=env["BOLD"], corpus_size=int(env["CORPUS_SIZE"]),
               n_prompts=int(env["N_PROMPTS"]), n_builtin_pairs=max(1, int(env["N_PROMPTS"]) // 2),
               n_profession_prompts=int(env["N_PROFESSION"]),
-              combine=env["COMBINE"], threads=int(env["THREADS"]), progress=False)
+              combine=env["COMBINE"], alpha=float(env["ALPHA"]), threads=int(env["THREADS"]), progress=False)
 started = time.perf_counter()
 for seed in [int(s) for s in env["SEEDS"].split()]:
     for mitigation in env["MITIGATIONS"].split():
