@@ -235,3 +235,22 @@ def test_training_text_is_redacted_unless_shown(runs: Path, tmp_path: Path) -> N
         assert EXAMPLE_TEXT not in path.read_text(encoding="utf-8")
     shown = render_report([runs], tmp_path / "b", show_secrets=True)
     assert EXAMPLE_TEXT in shown.html_path.read_text(encoding="utf-8")
+
+
+def test_distill_summary_has_one_headline_row_per_mitigation() -> None:
+    rows = [{"mitigation": "none", "n_seeds": 3, "gender_disparity": 0.12, "gender_disparity_ci_low": 0.10,
+             "gender_disparity_ci_high": 0.14, "relative_change": 0.0, "relative_change_ci_low": 0.0,
+             "relative_change_ci_high": 0.0, "relative_perplexity_increase": 0.0, "perplexity": 45.2},
+            {"mitigation": "cda", "n_seeds": 3, "gender_disparity": 0.06, "gender_disparity_ci_low": 0.02,
+             "gender_disparity_ci_high": 0.10, "relative_change": -0.49, "relative_change_ci_low": -0.86,
+             "relative_change_ci_high": -0.12, "relative_perplexity_increase": -0.093, "perplexity": 41.0}]
+    res = Result(kind="distill", config={}, seed=0, data={}, rows=rows,
+                 metrics={"role": "summary", "mitigation": "summary over seeds", "gender_disparity": None},
+                 null_reasons={"metrics.gender_disparity": "a summary"}, versions={"torch": "x"}, created="t")
+    entries = headline_numbers([res], ["summary"])
+    by = {(e["row"], e["column"]): e for e in entries}
+    assert {e["row"] for e in entries} == {"distillation (none, 3 seeds)", "distillation (cda, 3 seeds)"}
+    cda = by[("distillation (cda, 3 seeds)", "change vs plain student")]
+    assert cda["value"] == -0.49 and cda["metric"] == "rows[1].relative_change" and "-0.86" in cda["note"]
+    assert by[("distillation (cda, 3 seeds)", "gender disparity")]["value"] == rows[1]["gender_disparity"]
+    assert by[("distillation (none, 3 seeds)", "perplexity")]["value"] == 45.2

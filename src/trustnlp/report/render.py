@@ -401,8 +401,28 @@ def _cda_headlines(c: _Collector, retrained: tuple[str, Result] | None) -> None:
                 source=retrained)
 
 
+def _distill_summary_headlines(c: _Collector) -> None:
+    """A summary over seeds: one row per mitigation (mean over seeds with its t-interval, paired changes)."""
+    for i, x in enumerate(c.result.rows):
+        if not isinstance(x, Mapping) or "mitigation" not in x:
+            continue
+        row = c.row("mitigation", f"distillation ({x['mitigation']}, {x.get('n_seeds', '?')} seeds)")
+        base = f"rows[{i}]"
+        ci = [x.get("gender_disparity_ci_low"), x.get("gender_disparity_ci_high")]
+        row.add("gender disparity", f"{base}.gender_disparity", x, "gender_disparity",
+                note=_interval_note(ci if None not in ci else None, "95% t-interval over seeds"))
+        ci = [x.get("relative_change_ci_low"), x.get("relative_change_ci_high")]
+        row.add("change vs plain student", f"{base}.relative_change", x, "relative_change",
+                note=_interval_note(ci if None not in ci else None, "95% t-interval, paired by seed"))
+        row.add("perplexity increase", f"{base}.relative_perplexity_increase", x, "relative_perplexity_increase")
+        row.add("perplexity", f"{base}.perplexity", x, "perplexity")
+
+
 def _distill_headlines(c: _Collector) -> None:
     m = c.result.metrics
+    if m.get("role") == "summary":
+        _distill_summary_headlines(c)
+        return
     row = c.row("mitigation", f"distillation ({m.get('mitigation', '?')})")
     row.add("gender disparity", "metrics.gender_disparity", m, "gender_disparity",
             note=_interval_note(m.get("gender_disparity_ci95"), "95% interval"))
