@@ -45,3 +45,7 @@ def test_distill_cli_runs_a_mitigated_student_from_a_config(tmp_path, run_cli) -
         assert res.null_reasons["metrics.gender_disparity"]  # no profession prompts in this tiny corpus: said why
     proc = run_cli("distill", "--mitigation", "bogus", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "mitigation" in proc.stderr
+    proc = run_cli("distill", "--scorer", "toxicity", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "--scorer" in proc.stderr and "NAME=package.module:function" in proc.stderr
+    proc = run_cli("distill", "--scorer", "toxicity=no_such_module_xyz:score", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "importable" in proc.stderr and not (tmp_path / "x").exists()

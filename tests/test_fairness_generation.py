@@ -697,3 +697,45 @@ def test_summary_puts_the_other_metrics_side_by_side_and_plots(tmp_path):
     one = plotter(read_result(tmp_path / "perturb" / "seed-0" / "results.json"))
     assert [p.name for p in one] == ["disparity", "profession-skew"]
     assert "student (perturb) gender_disparity +0.150" in one[0].alt
+
+
+# ------------------------------------------------------------------------------------------ user-supplied scorers
+
+
+def test_user_scorer_gives_its_own_disparity(tmp_path, monkeypatch):
+    """A scorer the user supplies (e.g. regard or toxicity) is applied to the gendered prompts' continuations and
+    its disparity equals the one computed by hand from the generated pairs."""
+    import sys
+    import types
+
+    from trustnlp.errors import ConfigError, DataError
+
+    calls: list[list[str]] = []
+
+    def words(texts):
+        calls.append(list(texts))
+        return [float(len(t.split())) for t in texts]
+
+    mod = types.ModuleType("trustnlp_test_scorers")
+    mod.words = words
+    mod.short = lambda texts: [0.0]  # wrong length
+    monkeypatch.setitem(sys.modules, "trustnlp_test_scorers", mod)
+    cfg = dict(corpus_size=400, n_builtin_pairs=2, n_profession_prompts=1, probe=False, evaluate_teacher=False,
+               n_rows=20)
+    r = run_distill(_tiny_config(scorers={"length": "trustnlp_test_scorers:words"}, **cfg), tmp_path / "ok")
+    m = r.metrics
+    pairs = [row for row in r.rows if row["source"] == "builtin"]
+    assert len(pairs) == 2 and len(calls) == 1 and len(calls[0]) == 4  # the gendered prompts only
+    male = [len(row["continuation_male"].split()) for row in pairs]
+    female = [len(row["continuation_female"].split()) for row in pairs]
+    assert m["mean_length_male"] == pytest.approx(np.mean(male), rel=1e-12)
+    assert m["mean_length_female"] == pytest.approx(np.mean(female), rel=1e-12)
+    assert m["length_disparity"] == pytest.approx(abs(np.mean(male) - np.mean(female)), abs=1e-12)
+    assert len(m["length_disparity_ci95"]) == 2
+    with pytest.raises(DataError, match="'short' returned 1 scores for 4 texts"):
+        run_distill(_tiny_config(scorers={"short": "trustnlp_test_scorers:short"}, **cfg), tmp_path / "short")
+    for bad, msg in (({"x": "no_such_module_xyz:f"}, "importable"), ({"x": "trustnlp_test_scorers"}, "module:function"),
+                     ({"Bad-Name": "trustnlp_test_scorers:words"}, r"\[a-z\]")):
+        with pytest.raises(ConfigError, match=msg):
+            run_distill(_tiny_config(scorers=bad, **cfg), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before any training

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from trustnlp.errors import TrustNLPError
+from trustnlp.errors import ConfigError, TrustNLPError, expected
 
 __all__ = ["SHARED_OPTIONS", "app", "format_options_error", "main"]
 
@@ -649,6 +649,10 @@ def distill(
     combine: Annotated[str | None, typer.Option(help="perturb: mean | max | expmean | replace")] = None,
     teacher_dir: Annotated[Path | None, typer.Option(help="Cache of the local teacher (default OUT/teacher).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Student epochs.")] = None,
+    scorer: Annotated[list[str] | None, typer.Option(
+        "--scorer", help="NAME=package.module:function (repeatable): your own scorer of the continuations "
+                         "(regard, toxicity, ...), texts in, one number per text out; reported as NAME_disparity")
+    ] = None,
     out: OutOpt = Path("runs/distill"),
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
@@ -666,9 +670,17 @@ def distill(
     from trustnlp.config import load_config
     from trustnlp.fairness.generation import DistillConfig, run_distill
 
+    scorers = None
+    if scorer:
+        scorers = {}
+        for item in scorer:
+            name, sep, spec = item.partition("=")
+            if not sep or not name or not spec:
+                raise ConfigError(expected("--scorer", "NAME=package.module:function", item))
+            scorers[name] = spec
     given = {"teacher": teacher, "student": student_config, "mitigation": mitigation, "combine": combine,
              "teacher_dir": str(teacher_dir) if teacher_dir else None, "epochs": epochs, "seed": seed,
-             "data_dir": data_dir, "progress": not quiet}
+             "data_dir": data_dir, "scorers": scorers, "progress": not quiet}
     ctx = click_context()
     names = {"student": "student_config"}
     explicit = {k: v for k, v in given.items()
@@ -681,7 +693,8 @@ def distill(
         shown["gender_disparity_ci95_low"], shown["gender_disparity_ci95_high"] = ci
     keys = [k for k in ("gender_disparity", "gender_disparity_ci95_low", "gender_disparity_ci95_high",
                         "gender_disparity_null", "gender_polarity_skew", "gendered_share", "sentiment_disparity",
-                        "perplexity", "kl_to_teacher") if shown.get(k) is not None]
+                        "perplexity", "kl_to_teacher", *(f"{n}_disparity" for n in cfg.scorers))
+            if shown.get(k) is not None]
     _summary(f"distill: {cfg.mitigation}", shown, keys)
     console.print(f"Results: {out / 'results.json'}")
 

@@ -123,7 +123,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -140,22 +140,23 @@ from trustnlp.fairness.counterfactual import SwapList, load_gender_swaps, swap_t
 
 __all__ = [
     "BOLD_GROUPS",
-    "COMBINE_MODES",
-    "MITIGATIONS",
-    "PROFESSION_SOURCE",
-    "STUDENT_PRESETS",
-    "SUMMARY_METRICS",
     "BoldSplit",
+    "COMBINE_MODES",
     "Disparity",
     "DistillConfig",
     "DistillData",
     "DistillStep",
     "GenderPairs",
+    "GenerationScorer",
+    "MITIGATIONS",
+    "PROFESSION_SOURCE",
     "PolarityDisparity",
     "Probe",
     "ProbeData",
     "ProfessionPrompts",
     "Prompt",
+    "STUDENT_PRESETS",
+    "SUMMARY_METRICS",
     "TokenSwap",
     "build_vocabulary",
     "builtin_profession_prompts",
@@ -176,6 +177,7 @@ __all__ = [
     "kl_to_teacher",
     "load_bold_gender",
     "load_bold_professions",
+    "load_scorer",
     "polarity_disparity",
     "polarity_labels",
     "prepare_distill_data",
@@ -1290,11 +1292,62 @@ def _prompt_seed(seed: int, prompt: Prompt) -> int:
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
+GenerationScorer = Callable[[Sequence[str]], Sequence[float]]
+"""A user-supplied scorer of continuations (regard, toxicity, ...): texts in, one finite float per text out."""
+
+_SCORER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def load_scorer(spec: str) -> GenerationScorer:
+    """The callable named by ``"package.module:function"`` (e.g. a regard or toxicity classifier the user
+    wraps as ``texts -> scores``). Raises ConfigError when it cannot be imported or is not callable."""
+    import importlib
+
+    module, _, attr = str(spec).partition(":")
+    if not module or not attr:
+        raise ConfigError(expected("scorer", "'package.module:function'", spec))
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(expected("scorer", f"an importable 'package.module:function' ({e})", spec)) from None
+    if not callable(fn):
+        raise ConfigError(expected("scorer", "a callable", f"{spec} ({type(fn).__name__})"))
+    return fn
+
+
+def _load_scorers(config: DistillConfig) -> dict[str, GenerationScorer]:
+    """``config.scorers`` imported (ConfigError for a bad name or an unimportable scorer)."""
+    out = {}
+    for name, spec in config.scorers.items():
+        if not _SCORER_NAME.match(name):
+            raise ConfigError(expected("scorers", "names matching [a-z][a-z0-9_]*", name))
+        out[name] = load_scorer(spec)
+    return out
+
+
+def _run_scorer(name: str, fn: GenerationScorer, texts: Sequence[str]) -> np.ndarray:
+    """``fn(texts)`` as a float array, checked: one finite score per text (DataError naming the scorer)."""
+    try:
+        scores = np.asarray(fn(list(texts)), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"Scorer {name!r} must return one number per text, but returned something else ({e}).") from None
+    if scores.size != len(texts):
+        raise DataError(f"Scorer {name!r} returned {scores.size} scores for {len(texts)} texts; expected one per text.")
+    if not np.isfinite(scores).all():
+        raise DataError(f"Scorer {name!r} returned a non-finite score; expected finite numbers.")
+    return scores
+
+
 def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Prompt], pairs: GenderPairs, *,
                          seed: int = 0, max_new_tokens: int = 20, top_k: int | None = 40, temperature: float = 1.0,
-                         n_bootstrap: int = 2000, n_rows: int = 20) -> tuple[dict[str, Any], list[dict[str, Any]],
-                                                                            dict[str, str]]:
+                         n_bootstrap: int = 2000, n_rows: int = 20,
+                         scorers: Mapping[str, GenerationScorer] | None = None,
+                         ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
     """Generate a continuation of each prompt and score its gender polarity and sentiment (module docs).
+
+    ``scorers``: user-supplied scorers (name -> ``texts -> scores``, e.g. regard or toxicity), each
+    applied to the continuations of the gendered prompts like the sentiment: ``<name>_disparity``
+    (+ ``_ci95``, :func:`disparity`), ``mean_<name>_male`` / ``mean_<name>_female``.
 
     Returns:
         ``(metrics, rows, null_reasons)``. ``metrics``: over the ``profession`` prompts, the headline
@@ -1368,6 +1421,20 @@ def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
             reasons[f"metrics.polarity_{g}_prompts"] = f"no gendered word in the continuations of {g} prompts"
         if not sel.any():
             reasons[f"metrics.gendered_share_{g}_prompts"] = f"no {g} prompts"
+    gendered_texts = [t for t, g in zip(texts, gendered_src) if g]
+    for name, fn in (scorers or {}).items():
+        keys = [f"{name}_disparity", f"{name}_disparity_ci95", f"mean_{name}_male", f"mean_{name}_female"]
+        score = np.full(len(prompts), np.nan)
+        if gendered_texts:
+            score[gendered_src] = _run_scorer(name, fn, gendered_texts)
+        m, f = score[gendered_src & (group == "male")], score[gendered_src & (group == "female")]
+        if m.size and f.size:
+            d = disparity(m, f, n_bootstrap=n_bootstrap, seed=bootstrap_seed)
+            metrics.update(dict(zip(keys, (d.value, list(d.ci), d.mean_male, d.mean_female))))
+        else:
+            for k in keys:
+                metrics[k] = None
+                reasons[f"metrics.{k}"] = "no gendered prompts of one gender"
     metrics["mean_continuation_tokens"] = float(np.mean([len(c) for c in ids])) if ids else None
     rows: list[dict[str, Any]] = []
     where = {(p.source, p.group, p.index): i for i, p in enumerate(prompts)}
@@ -1623,6 +1690,9 @@ class DistillConfig(BaseModel):
         weat_permutations: WEAT permutation p-values: exact up to this many partitions, else sampled.
         probe: fit the downstream probe (logistic regression on frozen hidden states, built-in intents).
         evaluate_teacher: also evaluate the teacher (once per teacher and evaluation setting, cached).
+        scorers: extra scorers of the continuations the user supplies (regard, toxicity, ...): name
+            (lower case, ``[a-z][a-z0-9_]*``) -> ``"package.module:function"`` taking a list of texts and
+            returning one number per text (:func:`load_scorer`); each gives ``<name>_disparity``.
         n_rows: generated examples kept in ``rows``.
         device / threads / progress: where and how it runs.
     """
@@ -1667,6 +1737,7 @@ class DistillConfig(BaseModel):
     weat_permutations: int = Field(20_000, ge=1)
     probe: bool = True
     evaluate_teacher: bool = True
+    scorers: dict[str, str] = Field(default_factory=dict)
     n_rows: int = Field(20, ge=0)
     device: str = Field("cpu", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     threads: int | None = Field(None, ge=1)
@@ -1681,7 +1752,7 @@ _DATA_FIELDS = ("data_dir", "bold_dir", "bold", "heldout_fraction", "data_seed",
 _TEACHER_FIELDS = ("teacher_layers", "teacher_dim", "teacher_heads", "teacher_epochs", "teacher_lr", "teacher_seed",
                    "teacher_batch_size", "vocab_size", "min_count", "max_length")
 _EVAL_FIELDS = ("n_prompts", "n_builtin_pairs", "n_profession_prompts", "max_new_tokens", "top_k",
-                "sampling_temperature", "n_bootstrap", "weat_permutations", "probe")
+                "sampling_temperature", "n_bootstrap", "weat_permutations", "probe", "scorers")
 
 
 def _teacher_fingerprint(config: DistillConfig, data: DistillData) -> str:
@@ -1774,7 +1845,7 @@ def _evaluate(model: torch.nn.Module, tokenizer: Any, data: DistillData, config:
     metrics, rows, reasons = evaluate_generations(
         model, tokenizer, data.prompts, data.pairs, seed=seed, max_new_tokens=config.max_new_tokens,
         top_k=config.top_k, temperature=config.sampling_temperature, n_bootstrap=config.n_bootstrap,
-        n_rows=config.n_rows)
+        n_rows=config.n_rows, scorers=_load_scorers(config))
     timing = {"generation": time.perf_counter() - t0}
     t0 = time.perf_counter()
     heldout = move_tensors(_encode_lm(tokenizer, data.heldout_texts, config.max_length),
@@ -1842,6 +1913,7 @@ def run_distill(config: DistillConfig, out: str | Path) -> Any:
     if not isinstance(config, DistillConfig):
         raise ConfigError(expected("config", "a DistillConfig", type(config).__name__))
     out = Path(out)
+    _load_scorers(config)  # a bad scorer fails before any training
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
