@@ -739,3 +739,26 @@ def test_user_scorer_gives_its_own_disparity(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match=msg):
             run_distill(_tiny_config(scorers=bad, **cfg), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before any training
+
+
+def test_examples_result_puts_each_mitigation_side_by_side(tmp_path):
+    from trustnlp.fairness.generation import examples_result
+    from trustnlp.results import Result, read_result, write_result
+
+    for m in ("none", "cda", "both"):
+        rows = [{"source": "builtin", "index": j, "prompt_male": f"he {j}", "prompt_female": f"she {j}",
+                 "continuation_male": f"{m} m{j}", "continuation_female": f"{m} f{j}"} for j in (3, 5, 7)]
+        if m == "both":
+            rows = rows[1:]  # pair 3 missing: left out of the comparison
+        write_result(Result(kind="distill", config={}, seed=0, data={"name": "bold"}, metrics={}, rows=rows),
+                     tmp_path / m / "seed-0" / "results.json")
+    res = examples_result(tmp_path, n_pairs=1)
+    assert res.kind == "distill-examples" and res.metrics["mitigations"] == ["none", "cda", "both"]
+    assert res.rows == [
+        {"source": "builtin", "pair": 5, "gender": "male", "prompt": "he 5", "none": "none m5", "cda": "cda m5",
+         "both": "both m5"},
+        {"source": "builtin", "pair": 5, "gender": "female", "prompt": "she 5", "none": "none f5", "cda": "cda f5",
+         "both": "both f5"}]
+    write_result(res, tmp_path / "ex" / "results.json")
+    assert read_result(tmp_path / "ex" / "results.json").rows == res.rows
+    assert examples_result(tmp_path / "nothing-here") is None

@@ -51,7 +51,7 @@ import sys
 import time
 from pathlib import Path
 
-from trustnlp.fairness.generation import DistillConfig, run_distill, summarise_distill, summary_result
+from trustnlp.fairness.generation import DistillConfig, examples_result, run_distill, summarise_distill, summary_result
 from trustnlp.results import atomic_write_json, write_result
 
 out = Path(sys.argv[1])
@@ -88,6 +88,9 @@ print(f"all runs: {time.perf_counter() - started:.0f} s")
 summary = summarise_distill(out)
 atomic_write_json(out / "summary.json", summary)
 write_result(summary_result(summary, root=out), out / "summary" / "results.json")
+examples = examples_result(out)  # generated examples side by side (seed 0), for the report
+if examples is not None:
+    write_result(examples, out / "summary" / "examples" / "results.json")
 
 
 def fmt(x, pct=False):

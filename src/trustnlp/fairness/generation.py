@@ -169,6 +169,7 @@ __all__ = [
     "downstream_fairness",
     "embedding_weat",
     "evaluate_generations",
+    "examples_result",
     "fit_probe",
     "gender_pairs",
     "gender_word_counts",
@@ -2111,3 +2112,31 @@ def summary_result(summary: Mapping[str, Any], *, root: str | Path | None = None
                                             "gender_disparity": None, **flat, "baseline": summary["baseline"],
                                             "mitigations": summary["mitigations"], "teacher": summary["teacher"]},
                   rows=rows, null_reasons=reasons)
+
+
+def examples_result(root: str | Path, *, seed: int = 0, n_pairs: int = 10) -> Any:
+    """Generated examples side by side: for the first ``n_pairs`` gendered prompt pairs of seed ``seed``,
+    one row per (pair, gender) with the prompt and each mitigation's continuation (the students share
+    their prompts and per-prompt sampling seeds). A :class:`~trustnlp.results.Result` of kind
+    ``distill-examples`` (its rows are shown as a table in the report); ``None`` when no run was found."""
+    from trustnlp.results import Result, read_result
+
+    root = Path(root)
+    runs = {p.parent.parent.name: read_result(p) for p in sorted(root.glob(f"*/seed-{seed}/results.json"))
+            if p.parent.parent.name in ("none", "cda", "perturb", "both")}
+    if not runs:
+        return None
+    order = [m for m in ("none", "cda", "perturb", "both") if m in runs]
+    key = {m: {(r["source"], r["index"]): r for r in runs[m].rows if "source" in r} for m in order}
+    shared = [k for k in key[order[0]] if all(k in key[m] for m in order)][:n_pairs]
+    rows = []
+    for source, index in shared:
+        for g in GROUPS:
+            row: dict[str, Any] = {"source": source, "pair": index, "gender": g,
+                                   "prompt": key[order[0]][(source, index)][f"prompt_{g}"]}
+            row.update({m: key[m][(source, index)][f"continuation_{g}"] for m in order})
+            rows.append(row)
+    first = runs[order[0]]
+    return Result(kind="distill-examples", config={"root": str(root), "seed": seed, "n_pairs": n_pairs,
+                                                   "mitigations": order},
+                  seed=seed, data=first.data, metrics={"n_pairs": len(shared), "mitigations": order}, rows=rows)
