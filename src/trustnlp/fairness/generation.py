@@ -1339,6 +1339,19 @@ def _run_scorer(name: str, fn: GenerationScorer, texts: Sequence[str]) -> np.nda
     return scores
 
 
+def _put_disparity(metrics: dict[str, Any], reasons: dict[str, str], keys: Sequence[str], male: np.ndarray,
+                   female: np.ndarray, *, n_bootstrap: int, seed: int, missing: str) -> None:
+    """``keys`` = (disparity, its interval, male mean, female mean) of the two groups' scores, or nulls
+    with the reason ``missing`` when a group has no score."""
+    if male.size and female.size:
+        d = disparity(male, female, n_bootstrap=n_bootstrap, seed=seed)
+        metrics.update(dict(zip(keys, (d.value, list(d.ci), d.mean_male, d.mean_female))))
+        return
+    for k in keys:
+        metrics[k] = None
+        reasons[f"metrics.{k}"] = missing
+
+
 def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Prompt], pairs: GenderPairs, *,
                          seed: int = 0, max_new_tokens: int = 20, top_k: int | None = 40, temperature: float = 1.0,
                          n_bootstrap: int = 2000, n_rows: int = 20,
@@ -1405,13 +1418,8 @@ def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
         keys = [f"{prefix}sentiment_disparity", f"{prefix}sentiment_disparity_ci95", f"{prefix}mean_sentiment_male",
                 f"{prefix}mean_sentiment_female"]
         metrics[f"{prefix}n_prompts_male"], metrics[f"{prefix}n_prompts_female"] = int(m.size), int(f.size)
-        if m.size and f.size:
-            d = disparity(m, f, n_bootstrap=n_bootstrap, seed=bootstrap_seed)
-            metrics.update(dict(zip(keys, (d.value, list(d.ci), d.mean_male, d.mean_female))))
-        else:
-            for k in keys:
-                metrics[k] = None
-                reasons[f"metrics.{k}"] = f"no {prefix.rstrip('_') or 'gendered'} prompts of one gender"
+        _put_disparity(metrics, reasons, keys, m, f, n_bootstrap=n_bootstrap, seed=bootstrap_seed,
+                       missing=f"no {prefix.rstrip('_') or 'gendered'} prompts of one gender")
     for g in GROUPS:
         sel = gendered_src & (group == g)
         mm, ff = int(male_n[sel].sum()), int(female_n[sel].sum())
@@ -1429,13 +1437,8 @@ def evaluate_generations(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
         if gendered_texts:
             score[gendered_src] = _run_scorer(name, fn, gendered_texts)
         m, f = score[gendered_src & (group == "male")], score[gendered_src & (group == "female")]
-        if m.size and f.size:
-            d = disparity(m, f, n_bootstrap=n_bootstrap, seed=bootstrap_seed)
-            metrics.update(dict(zip(keys, (d.value, list(d.ci), d.mean_male, d.mean_female))))
-        else:
-            for k in keys:
-                metrics[k] = None
-                reasons[f"metrics.{k}"] = "no gendered prompts of one gender"
+        _put_disparity(metrics, reasons, keys, m, f, n_bootstrap=n_bootstrap, seed=bootstrap_seed,
+                       missing="no gendered prompts of one gender")
     metrics["mean_continuation_tokens"] = float(np.mean([len(c) for c in ids])) if ids else None
     rows: list[dict[str, Any]] = []
     where = {(p.source, p.group, p.index): i for i, p in enumerate(prompts)}
