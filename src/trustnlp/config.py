@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trustnlp.errors import ConfigError
 
-__all__ = ["TrainConfig", "DataConfig", "load_config", "format_validation_error"]
+__all__ = ["TrainConfig", "DataConfig", "load_config", "read_config_file", "format_validation_error"]
 
 Task = Literal["classify", "tag", "lm"]
 
@@ -226,17 +226,24 @@ def format_validation_error(err: ValidationError, source: str = "configuration")
     return f"Invalid {source}:\n  " + "\n  ".join(lines)
 
 
-def load_config(path: str | Path, model: type[BaseModel] = TrainConfig, **overrides: Any) -> Any:
-    """Load a YAML or JSON config file into ``model``, with keyword overrides on top."""
+def read_config_file(path: str | Path) -> Any:
+    """The parsed content of a YAML (or ``.json``) config file; ConfigError naming the file when it is
+    missing or does not parse."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"Config file {path} does not exist.") from None
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"Config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+
+
+def load_config(path: str | Path, model: type[BaseModel] = TrainConfig, **overrides: Any) -> Any:
+    """Load a YAML or JSON config file into ``model``, with keyword overrides on top."""
+    path = Path(path)
+    raw = read_config_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -365,15 +365,10 @@ def select_stages(spec: Sequence[str | Mapping[str, Any]] | None = None, *, full
 def load_demo_config(path: str | Path, *, full: bool = False) -> tuple[Stage, ...]:
     """Stages from a YAML (or JSON) file: a list of stage items, or a mapping with key ``stages``
     holding one (items as in :func:`select_stages`)."""
-    import yaml
+    from trustnlp.config import read_config_file
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"Config file {path} does not exist.") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from None
+    raw = read_config_file(path)
     if isinstance(raw, Mapping):
         extra = set(raw) - {"stages"}
         if extra:
